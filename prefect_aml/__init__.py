@@ -1,0 +1,56 @@
+"""prefect-aml: Azure Machine Learning (SDK v1) pipelines on Prefect 3.
+
+    from prefect_aml import Workspace, Datastore, Experiment, Pipeline, PythonScriptStep, OutputFileDatasetConfig
+    ws = Workspace.from_config()
+    prepped = OutputFileDatasetConfig()
+    prep = PythonScriptStep("prepare.py", source_directory="src", arguments=["--out", prepped])
+    train = PythonScriptStep("train.py", source_directory="src", arguments=["--data", prepped.as_input()])
+    run = Experiment(ws, "demo").submit(Pipeline(ws, [prep, train]))
+    run.wait_for_completion()
+"""
+
+from prefect_aml.blocks.datastores import (
+    AzureBlobDatastore,
+    AzureDataLakeGen2Datastore,
+    LocalDatastore,
+    S3Datastore,
+)
+from prefect_aml.datastore import Datastore
+from prefect_aml.exceptions import (
+    ActivityFailedException,
+    AzureMLException,
+    CircularDependencyError,
+    ComputeTargetException,
+    DatastoreException,
+    OutputNotUniqueError,
+    PipelineValidationError,
+    StepFailedError,
+    UserErrorException,
+    WorkspaceException,
+)
+from prefect_aml.pipeline import (
+    CommandStep,
+    DataPath,
+    DataPathComputeBinding,
+    DataReference,
+    OutputFileDatasetConfig,
+    Pipeline,
+    PipelineData,
+    PipelineParameter,
+    PythonScriptStep,
+    StepSequence,
+)
+from prefect_aml.runs import Experiment, PipelineRun, Run, StepRun
+from prefect_aml.workspace import Workspace
+
+__version__ = "0.1.0"
+VERSION = __version__
+
+__all__ = [
+    "VERSION", "ActivityFailedException", "AzureBlobDatastore", "AzureDataLakeGen2Datastore", "AzureMLException",
+    "CircularDependencyError", "CommandStep", "ComputeTargetException", "DataPath", "DataPathComputeBinding",
+    "DataReference", "Datastore", "DatastoreException", "Experiment", "LocalDatastore", "OutputFileDatasetConfig",
+    "OutputNotUniqueError", "Pipeline", "PipelineData", "PipelineParameter", "PipelineRun", "PipelineValidationError",
+    "PythonScriptStep", "Run", "S3Datastore", "StepFailedError", "StepRun", "StepSequence", "UserErrorException",
+    "Workspace", "WorkspaceException",
+]

@@ -1,0 +1,4 @@
+class Experiment: pass
+class PipelineRun: pass
+class Run: pass
+class StepRun: pass
