@@ -1,0 +1,1 @@
+"""Publishing pipelines as Prefect deployments."""

@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline flow that dispatches steps in dependency order."""

@@ -1,0 +1,62 @@
+"""Runs one pipeline flow run in this process: `python -m prefect_aml.flows.runner <flow-run-id>`.
+
+`Experiment.submit` creates the flow run and starts this runner in the background, so the
+submitting process returns at once. A watcher thread follows the flow run's state: when the run
+is cancelled (`PipelineRun.cancel()`, the Prefect UI or CLI) it stops the step processes and
+marks the run and its running steps Cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from uuid import UUID
+
+
+def _watch(flow_run_id: UUID, done: threading.Event) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.states import Cancelled, StateType
+
+    from prefect_aml.tasks.step import terminate_active_steps
+
+    with get_client(sync_client=True) as client:
+        while not done.wait(1.0):
+            try:
+                run = client.read_flow_run(flow_run_id)
+            except Exception:
+                continue
+            if run.state_type != StateType.CANCELLING:
+                continue
+            terminate_active_steps()
+            flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            for tr in client.read_task_runs(flow_run_filter=flt):
+                if tr.state_type in (StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED):
+                    client.set_task_run_state(tr.id, Cancelled(message="The pipeline run was canceled."), force=True)
+            client.set_flow_run_state(flow_run_id, Cancelled(message="The pipeline run was canceled."), force=True)
+            time.sleep(0.2)
+            os._exit(0)
+
+
+def main(flow_run_id: str) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from prefect_aml.flows.pipeline import aml_pipeline
+
+    run_id = UUID(flow_run_id)
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(run_id)
+    done = threading.Event()
+    threading.Thread(target=_watch, args=(run_id, done), daemon=True).start()
+    try:
+        state = run_flow(aml_pipeline, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+    finally:
+        done.set()
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,1 @@
+"""Prefect tasks: running one step, reuse keys and manifests, source snapshots."""
