@@ -1,0 +1,193 @@
+"""The test bed: real services on loopback, started once per test session and stopped by PID.
+
+- a Prefect server on PostgreSQL (127.0.0.1:5432, a fresh database per session)
+- moto_server for S3, Azurite for Azure Blob (from the project's node_modules)
+- the embedded default (SQLite) is exercised by the smoke test, which starts its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+PG_URL = os.environ.get("PREFECT_AML_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+# Everything a test starts lives under one temporary folder and talks to loopback only.
+_STATE = Path(tempfile.mkdtemp(prefix="prefect-aml-tests-"))
+os.environ["PREFECT_AML_HOME"] = str(_STATE / "aml-home")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("PREFECT_API_URL", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A process started by the tests: waits for health, fails clearly, stops by PID."""
+
+    def __init__(self, name: str, argv: list[str], health, env: dict | None = None, timeout: float = 120):
+        self.name = name
+        self.log = _STATE / f"{name}.log"
+        self.proc = subprocess.Popen(argv, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env or os.environ.copy(), start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {self.proc.returncode} while starting:\n"
+                                   f"{self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                if health():
+                    return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not become healthy within {timeout} s; log: {self.log}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=10)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+def _http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code < 500
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(["psql", f"{PG_URL}/postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True,
+                   capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A Prefect server on a fresh PostgreSQL database; this process's Prefect client points at it."""
+    from prefect.context import refresh_global_settings_context
+
+    db = f"prefect_aml_test_{uuid.uuid4().hex[:10]}"
+    try:
+        _psql(f"CREATE DATABASE {db}")
+    except (subprocess.CalledProcessError, FileNotFoundError) as err:
+        pytest.exit(f"PostgreSQL on 127.0.0.1:5432 is needed by the tests and could not create a database: {err}",
+                    returncode=3)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update(
+        PREFECT_HOME=str(_STATE / "prefect-server"),
+        PREFECT_API_DATABASE_CONNECTION_URL=f"{PG_URL.replace('postgresql://', 'postgresql+asyncpg://')}/{db}",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+    )
+    svc = Service("prefect-server", [str(BIN / "python"), "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(port)], lambda: _http_ok(f"{url}/health"), env=env, timeout=180)
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
+    yield url
+    svc.stop()
+    os.environ.pop("PREFECT_API_URL", None)
+    refresh_global_settings_context()
+    try:
+        _psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    except subprocess.CalledProcessError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def moto():
+    port = free_port()
+    svc = Service("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                  lambda: _http_ok(f"http://127.0.0.1:{port}/moto-api/"))
+    yield f"http://127.0.0.1:{port}"
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    exe = ROOT / "node_modules" / ".bin" / "azurite-blob"
+    if not exe.exists():
+        pytest.exit("Azurite is missing: run `npm install` in the project root (scripts/test.sh does).", returncode=3)
+    port = free_port()
+    loc = _STATE / "azurite"
+    loc.mkdir()
+    svc = Service("azurite", [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(loc),
+                              "--skipApiVersionCheck", "--loose", "--silent"],
+                  lambda: _http_ok(f"http://127.0.0.1:{port}/devstoreaccount1?comp=list"))
+    yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+           f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def ws(prefect_server):
+    from prefect_aml import Workspace
+
+    return Workspace()
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def make_store(kind: str, ws, request):
+    """Register a fresh datastore of `kind` (local, s3, azure) in the test workspace."""
+    from prefect_aml import Datastore
+
+    name = _unique(f"t_{kind}_")
+    if kind == "local":
+        return Datastore.register_local(ws, name, str(_STATE / "local-stores" / name))
+    if kind == "s3":
+        endpoint = request.getfixturevalue("moto")
+        return Datastore.register_s3(ws, name, bucket_name=name.replace("_", "-"), endpoint_url=endpoint,
+                                     access_key_id="testing", secret_access_key="testing-secret-value",
+                                     create_if_not_exists=True)
+    if kind == "azure":
+        conn = request.getfixturevalue("azurite")
+        return Datastore.register_azure_blob_container(ws, name, container_name=name.replace("_", "-"),
+                                                       account_name="devstoreaccount1", connection_string=conn,
+                                                       create_if_not_exists=True)
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=["local", "s3", "azure"])
+def store(request, ws):
+    return make_store(request.param, ws, request)
+
+
+@pytest.fixture
+def tmp(tmp_path):
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_STATE, ignore_errors=True)
