@@ -148,7 +148,7 @@ def _put(store: DatastoreBlock, lpaths: list[str], rels: list[str], overwrite: b
             fs.makedirs(d, exist_ok=True)
     cb = _callback(show_progress, f"Uploading to {store.name}", len(lpaths))
     try:
-        fs.put(lpaths, rpaths, callback=cb)
+        fs.put(lpaths, rpaths, callback=cb, **store._transfer_kwargs())
     finally:
         cb.close()
     _say(f"Uploaded {len(lpaths)} file(s) to datastore {store.name!r}.")
@@ -192,7 +192,7 @@ def download(store: DatastoreBlock, target_path, prefix=None, overwrite=False, s
         os.makedirs(d, exist_ok=True)
     cb = _callback(show_progress, f"Downloading from {store.name}", len(rpaths))
     try:
-        fs.get(rpaths, lpaths, callback=cb)
+        fs.get(rpaths, lpaths, callback=cb, **store._transfer_kwargs())
     finally:
         cb.close()
     _say(f"Downloaded {len(rpaths)} file(s) from datastore {store.name!r}.")

@@ -99,6 +99,7 @@ _LARGE_SCRIPT = textwrap.dedent("""
     from prefect_aml import Workspace, Datastore
     name, src, out = sys.argv[1:4]
     store = Datastore(Workspace(), name)
+    store.filesystem().ls(store.root())  # load the client libraries before measuring
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     store.upload_files([src], target_path="large", overwrite=True, show_progress=False)
     store.download(out, prefix="large", overwrite=True, show_progress=False)

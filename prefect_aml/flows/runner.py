@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from uuid import UUID
 
 
@@ -30,13 +29,12 @@ def _watch(flow_run_id: UUID, done: threading.Event) -> None:
                 continue
             if run.state_type != StateType.CANCELLING:
                 continue
-            terminate_active_steps()
             flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
             for tr in client.read_task_runs(flow_run_filter=flt):
                 if tr.state_type in (StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED):
                     client.set_task_run_state(tr.id, Cancelled(message="The pipeline run was canceled."), force=True)
             client.set_flow_run_state(flow_run_id, Cancelled(message="The pipeline run was canceled."), force=True)
-            time.sleep(0.2)
+            terminate_active_steps()  # after the states are set, so the engine cannot record a failure first
             os._exit(0)
 
 

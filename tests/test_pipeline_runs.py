@@ -1,0 +1,279 @@
+"""Pipelines running for real: a Prefect flow run per pipeline, a task run per step, data on real stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from prefect_aml import (
+    ActivityFailedException,
+    CommandStep,
+    DataPath,
+    Experiment,
+    OutputFileDatasetConfig,
+    Pipeline,
+    PipelineData,
+    PipelineParameter,
+    PipelineRun,
+    PythonScriptStep,
+    Run,
+)
+
+SCRIPTS = {
+    "produce.py": """
+        import argparse, os
+        from prefect_aml import Run
+        p = argparse.ArgumentParser(); p.add_argument("--raw"); p.add_argument("--a"); p.add_argument("--b")
+        p.add_argument("--n", type=int)
+        args = p.parse_args()
+        rows = open(args.raw).read().split()
+        for d in (args.a, args.b):
+            os.makedirs(d, exist_ok=True)
+        open(os.path.join(args.a, "rows.txt"), "w").write("\\n".join(rows[: args.n]))
+        os.makedirs(os.path.join(args.b, "sub"), exist_ok=True)
+        open(os.path.join(args.b, "sub", "count.txt"), "w").write(str(len(rows)))
+        run = Run.get_context()
+        run.log("rows", len(rows)); run.log("loss", 0.5); run.log("loss", 0.25)
+        run.log_row("table", x=1, y=2); run.log_row("table", x=2, y=4)
+        run.tag("stage", "prep")
+        print("produced", args.n, "from", os.environ.get("AML_PARAMETER_mode"))
+    """,
+    "consume.py": """
+        import argparse, os
+        p = argparse.ArgumentParser(); p.add_argument("--a"); p.add_argument("--b"); p.add_argument("--out")
+        args = p.parse_args()
+        rows = open(os.path.join(args.a, "rows.txt")).read().split()
+        total = open(os.path.join(args.b, "sub", "count.txt")).read()
+        os.makedirs(args.out, exist_ok=True)
+        open(os.path.join(args.out, "result.json"), "w").write(__import__("json").dumps({"kept": rows, "total": total}))
+    """,
+    "sleepy.py": """
+        import argparse, json, os, time
+        p = argparse.ArgumentParser(); p.add_argument("--out"); p.add_argument("--seconds", type=float)
+        p.add_argument("--in_", default=None)
+        args = p.parse_args()
+        start = time.time(); time.sleep(args.seconds); end = time.time()
+        os.makedirs(args.out, exist_ok=True)
+        json.dump({"start": start, "end": end}, open(os.path.join(args.out, "t.json"), "w"))
+    """,
+    "join.py": """
+        import argparse, json, os
+        p = argparse.ArgumentParser(); p.add_argument("--x"); p.add_argument("--y"); p.add_argument("--out")
+        args = p.parse_args()
+        os.makedirs(args.out, exist_ok=True)
+        both = [json.load(open(os.path.join(d, "t.json"))) for d in (args.x, args.y)]
+        json.dump(both, open(os.path.join(args.out, "both.json"), "w"))
+    """,
+    "fail.py": """
+        import sys
+        print("about to fail")
+        print("first error line", file=sys.stderr)
+        print("ValueError: the data is bad", file=sys.stderr)
+        sys.exit(3)
+    """,
+    "ok.py": """
+        import argparse, os
+        p = argparse.ArgumentParser(); p.add_argument("--out", default=None)
+        args = p.parse_args()
+        if args.out:
+            os.makedirs(args.out, exist_ok=True); open(os.path.join(args.out, "ok"), "w").write("ok")
+        print("ok")
+    """,
+}
+
+
+@pytest.fixture
+def src(tmp):
+    d = tmp / "src"
+    d.mkdir()
+    for name, body in SCRIPTS.items():
+        (d / name).write_text(textwrap.dedent(body))
+    (d / ".amlignore").write_text("ignored/\n")
+    (d / "ignored").mkdir()
+    (d / "ignored" / "big.bin").write_bytes(b"x" * 100)
+    return str(d)
+
+
+def _exp(ws) -> Experiment:
+    return Experiment(ws, f"test-{uuid.uuid4().hex[:6]}")
+
+
+def test_data_flows_through_outputs(ws, store, src, tmp):
+    raw = tmp / "raw.txt"
+    raw.write_text("\n".join(f"r{i}" for i in range(10)))
+    store.upload_files([str(raw)], target_path="inputs", overwrite=True, show_progress=False)
+    n = PipelineParameter("n", 3)
+    a = OutputFileDatasetConfig("a", destination=(store, "results/{run-id}/{output-name}"))
+    b = PipelineData("b", datastore=store)
+    result = OutputFileDatasetConfig("result", destination=(store, "final/{run-id}"))
+    produce = PythonScriptStep("produce.py", source_directory=src, outputs=[b], params={"mode": "fast"},
+                               arguments=["--raw", DataPath(store, "inputs/raw.txt").as_download(), "--a", a,
+                                          "--b", b, "--n", n], allow_reuse=False)
+    consume = PythonScriptStep("consume.py", source_directory=src, inputs=[b],
+                               arguments=["--a", a.as_input(), "--b", b, "--out", result])
+    run = _exp(ws).submit(Pipeline(ws, [consume]), pipeline_parameters={"n": 4})
+    assert run.get_status() in ("NotStarted", "Queued", "Running")  # submit returned at once
+    assert run.wait_for_completion(show_output=False) == "Finished"
+    steps = {s.name: s for s in run.get_steps()}
+    assert set(steps) == {"produce.py", "consume.py"}
+    out = steps["consume.py"].get_output_data("result")
+    assert out.datastore_name == store.name and out.path_on_datastore == f"final/{run.id}"
+    folder = out.download(str(tmp / "dl"), show_progress=False)
+    data = json.loads(open(f"{folder}/result.json").read())
+    assert data == {"kept": ["r0", "r1", "r2", "r3"], "total": "10"}
+    metrics = steps["produce.py"].get_metrics()
+    assert metrics == {"rows": 10, "loss": [0.5, 0.25], "table": {"x": [1, 2], "y": [2, 4]}}
+    assert steps["produce.py"].get_tags() == {"stage": "prep"}
+    assert "produced 4 from fast" in steps["produce.py"].get_job_log()
+    assert run.get_metrics()["produce.py"]["rows"] == 10
+
+
+def test_diamond_runs_middle_steps_concurrently(ws, src, tmp):
+    x, y, top, both = (OutputFileDatasetConfig(n) for n in ("x", "y", "top", "both"))
+    first = PythonScriptStep("ok.py", name="top", source_directory=src, arguments=["--out", top], allow_reuse=False)
+    left = PythonScriptStep("sleepy.py", name="left", source_directory=src, allow_reuse=False,
+                            arguments=["--out", x, "--seconds", 4, "--in_", top.as_input()])
+    right = PythonScriptStep("sleepy.py", name="right", source_directory=src, allow_reuse=False,
+                             arguments=["--out", y, "--seconds", 4, "--in_", top.as_input()])
+    join = PythonScriptStep("join.py", name="join", source_directory=src, allow_reuse=False,
+                            arguments=["--x", x.as_input(), "--y", y.as_input(), "--out", both])
+    run = _exp(ws).submit(Pipeline(ws, [join]))
+    assert run.wait_for_completion(show_output=False) == "Finished"
+    folder = run.find_step_run("join")[0].get_output_data("both").download(str(tmp / "dl"), show_progress=False)
+    (l_iv, r_iv) = json.loads(open(f"{folder}/both.json").read())
+    assert l_iv["start"] < r_iv["end"] and r_iv["start"] < l_iv["end"], "left and right did not overlap"
+    order = [s.name for s in run.get_steps()]
+    assert order[0] == "top" and order[-1] == "join"
+
+
+def test_failing_step_fails_the_pipeline_with_its_stderr(ws, src):
+    bad = PythonScriptStep("fail.py", name="bad", source_directory=src)
+    after = PythonScriptStep("ok.py", name="after", source_directory=src)
+    after.run_after(bad)
+    run = _exp(ws).submit(Pipeline(ws, [after]))
+    with pytest.raises(ActivityFailedException, match="(?s)bad.*exit code 3.*ValueError: the data is bad"):
+        run.wait_for_completion(show_output=False)
+    assert run.get_status() == "Failed"
+    steps = {s.name: s for s in run.get_steps()}
+    assert steps["bad"].get_status() == "Failed"
+    assert "after" not in steps  # never started
+    assert "first error line" in steps["bad"].get_job_log()
+
+
+@pytest.mark.parametrize("keep_going", [True, False])
+def test_continue_on_step_failure(ws, src, keep_going):
+    out = OutputFileDatasetConfig("o")
+    bad = PythonScriptStep("fail.py", name="bad", source_directory=src, outputs=[out], allow_reuse=False)
+    downstream = PythonScriptStep("ok.py", name="downstream", source_directory=src, inputs=[out.as_input()])
+    independent = [PythonScriptStep("sleepy.py", name=f"independent{i}", source_directory=src, allow_reuse=False,
+                                    arguments=["--out", OutputFileDatasetConfig(f"i{i}"), "--seconds", 2])
+                   for i in range(2)]
+    later = PythonScriptStep("ok.py", name="later", source_directory=src, allow_reuse=False)
+    later.run_after(independent[0])
+    run = _exp(ws).submit(Pipeline(ws, [downstream, *independent, later]), continue_on_step_failure=keep_going)
+    assert run.wait_for_completion(show_output=False, raise_on_error=False) == "Failed"
+    status = {s.name: s.get_status() for s in run.get_steps()}
+    assert status["bad"] == "Failed" and "downstream" not in status
+    assert status["independent0"] == status["independent1"] == "Finished"  # already running: they finish
+    if keep_going:
+        assert status["later"] == "Finished"
+    else:
+        assert "later" not in status
+
+
+def test_cancel_stops_the_step(ws, src, tmp):
+    marker = tmp / "pid.txt"
+    (tmp / "src" / "hang.py").write_text(textwrap.dedent(f"""
+        import os, time
+        open({str(marker)!r}, "w").write(str(os.getpid()))
+        time.sleep(300)
+    """))
+    run = _exp(ws).submit(Pipeline(ws, [PythonScriptStep("hang.py", source_directory=src, allow_reuse=False)]))
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.3)
+    assert marker.exists(), "the step never started"
+    pid = int(marker.read_text())
+    run.cancel()
+    assert run.wait_for_completion(show_output=False, timeout_seconds=60, raise_on_error=False) == "Canceled"
+    deadline = time.time() + 10
+    while time.time() < deadline and subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0:
+        time.sleep(0.2)
+    assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0, "step process still alive"
+    assert [s.get_status() for s in run.get_steps()] == ["Canceled"]
+
+
+def test_reuse_and_regenerate(ws, src):
+    out = OutputFileDatasetConfig("o")
+    step = PythonScriptStep("ok.py", source_directory=src, arguments=["--out", out])
+    exp = _exp(ws)
+    first = exp.submit(Pipeline(ws, [step]))
+    first.wait_for_completion(show_output=False)
+    second = exp.submit(Pipeline(ws, [step]))
+    second.wait_for_completion(show_output=False)
+    (s1,), (s2,) = first.get_steps(), second.get_steps()
+    assert not s1.reused and s2.reused
+    assert s2.get_output_data("o").path_on_datastore == s1.get_output_data("o").path_on_datastore
+    third = exp.submit(Pipeline(ws, [step]), regenerate_outputs=True)
+    third.wait_for_completion(show_output=False)
+    assert not third.get_steps()[0].reused
+
+
+def test_run_record_and_artifacts(ws, src):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    step = CommandStep(["python", "produce.py", "--raw", DataPath("workspaceblobstore", "seed/raw.txt"),
+                        "--a", OutputFileDatasetConfig("a"), "--b", OutputFileDatasetConfig("b"), "--n", 1],
+                       name="cmd", source_directory=src, allow_reuse=False)
+    ws.get_default_datastore().filesystem().pipe(ws.get_default_datastore().full_path("seed/raw.txt"), b"1 2 3")
+    exp = _exp(ws)
+    run = exp.submit(Pipeline(ws, [step]), tags={"team": "ml"})
+    run.wait_for_completion(show_output=False)
+    details = run.get_details()
+    assert details["status"] == "Finished" and details["tags"] == {"team": "ml"}
+    assert len(details["snapshots"]["cmd"]) == 40
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    kinds = {(a.key, a.type) for a in arts}
+    assert ("pipeline-graph", "markdown") in kinds and ("metrics-cmd", "table") in kinds
+    graph = next(a for a in arts if a.key == "pipeline-graph")
+    assert "mermaid" in graph.data and "cmd" in graph.data
+    assert [r.id for r in exp.get_runs()] == [run.id]
+    again = PipelineRun.get(ws, run.id)
+    assert again.experiment.name == exp.name and again.get_status() == "Finished"
+    step_run = run.get_steps()[0]
+    assert step_run.get_details()["snapshotId"] == details["snapshots"]["cmd"]
+    assert "std_log.txt" in step_run.get_file_names()
+
+
+def test_snapshot_respects_amlignore(src):
+    from prefect_aml.tasks.snapshots import list_files
+
+    files = list_files(src)
+    assert "produce.py" in files and ".amlignore" in files
+    assert not any(f.startswith("ignored/") for f in files)
+
+
+def test_offline_run_prints(capsys, monkeypatch):
+    monkeypatch.delenv("AZUREML_RUN_CONTEXT", raising=False)
+    run = Run.get_context()
+    run.log("accuracy", 0.9)
+    assert run.offline and "accuracy = 0.9" in capsys.readouterr().out
+
+
+def test_submit_rejects_bad_parameters_before_anything_runs(ws, src):
+    from prefect_aml import PipelineValidationError
+
+    step = PythonScriptStep("ok.py", source_directory=src, arguments=[PipelineParameter("k", 1)])
+    exp = _exp(ws)
+    with pytest.raises(PipelineValidationError, match="'k' expects int"):
+        exp.submit(Pipeline(ws, [step]), pipeline_parameters={"k": "x"})
+    assert list(exp.get_runs()) == []
