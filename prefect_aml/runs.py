@@ -193,6 +193,7 @@ class PipelineRun:
         """Block until the run ends; prints step status changes and a final table when `show_output`."""
         deadline = time.monotonic() + timeout_seconds
         seen: dict[str, str] = {}
+        rank = {"NotStarted": 0, "Queued": 1, "Running": 2, "Canceling": 3}
         status = self.get_status()
         if show_output:
             print(f"PipelineRunId: {self.id}\nLink to the Prefect UI: {self.get_portal_url()}")
@@ -204,7 +205,7 @@ class PipelineRun:
             if show_output:
                 for step in self.get_steps():
                     st = step.get_status()
-                    if seen.get(step.name) != st:
+                    if seen.get(step.name) != st and rank.get(st, 9) >= rank.get(seen.get(step.name), -1):
                         seen[step.name] = st
                         print(f"  step {step.name}: {st}")
             time.sleep(0.5)
@@ -269,7 +270,8 @@ class PipelineRun:
 
     def get_tags(self) -> dict:
         tags = (self._flow_run or self._refresh()).tags
-        return dict(t.split(":", 1) if ":" in t else (t, "") for t in tags if not t.startswith(EXPERIMENT_TAG))
+        return dict(t.split(":", 1) if ":" in t else (t, "") for t in tags
+                    if not t.startswith(EXPERIMENT_TAG) and t != "aml-pipeline")
 
     def get_details(self) -> dict:
         fr = self._refresh()
@@ -304,10 +306,14 @@ class StepRun:
         return self._task_run
 
     def get_status(self) -> str:
-        state = self._refresh().state
-        if state is not None and state.type.value == "COMPLETED":
-            return "Finished"
-        return _status(state)
+        status = _status(self._refresh().state)
+        if status not in TERMINAL:
+            # task-run states reach the server as events, a moment late; the step's record is written at once
+            self._record = None
+            recorded = self._load_record().get("status")
+            if recorded in TERMINAL:
+                return recorded
+        return status
 
     @property
     def status(self) -> str:

@@ -8,6 +8,7 @@ bash scripts/setup.sh
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   npm install --no-audit --no-fund --silent >/dev/null
 fi
+.venv/bin/ruff check prefect_aml tests examples benchmarks
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 set +e
 .venv/bin/python -m pytest "$@"

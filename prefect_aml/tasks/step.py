@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +190,7 @@ def _commit_output(store, local_dir: Path, location: str, manifest_path: str, ke
     manifest = {
         "key": key, "run_id": run_id, "datastore": store.name, "path": location,
         "files": [{"path": p.relative_to(local_dir).as_posix(), "size": p.stat().st_size} for p in files],
-        "committed": datetime.now(timezone.utc).isoformat(),
+        "committed": datetime.now(UTC).isoformat(),
     }
     _write_json(store, manifest_path, manifest)
     return manifest
@@ -267,7 +267,7 @@ def run_step(step: dict, ctx: dict, upstream: dict[str, dict]) -> dict:
         outputs[out.name] = {"datastore": store.name, "path": _output_location(spec, out, out_key, sc),
                              "manifest": f"{MANIFESTS_PREFIX}/{out_key}/{out.name}.json"}
 
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     record_path = f"{REUSE_PREFIX}/{key}.json"
     if spec.allow_reuse and not ctx.get("regenerate_outputs"):
         earlier = _read_json(sc.default_store, record_path)
@@ -278,7 +278,7 @@ def run_step(step: dict, ctx: dict, upstream: dict[str, dict]) -> dict:
                 "step": spec.name, "status": "Finished", "reused": True, "reused_from": earlier["task_run_id"],
                 "reused_from_pipeline_run": earlier["pipeline_run_id"], "key": key, "outputs": earlier["outputs"],
                 "metrics": earlier.get("metrics", {}), "task_run_id": task_run_id, "snapshot_id": spec.snapshot_id,
-                "started": started.isoformat(), "ended": datetime.now(timezone.utc).isoformat(),
+                "started": started.isoformat(), "ended": datetime.now(UTC).isoformat(),
                 "log": earlier.get("log"), "components": components,
             })
             _publish_metrics(spec.name, earlier.get("metrics", {}))
@@ -384,7 +384,7 @@ def _execute(spec, sc, ctx, logger, work, inputs, outputs, key, out_key, compone
     record["tags"] = json.loads(tags_file.read_text()) if tags_file.exists() else {}
     _publish_metrics(spec.name, metrics)
     if code != 0:
-        record.update(status="Failed", ended=datetime.now(timezone.utc).isoformat(), outputs={})
+        record.update(status="Failed", ended=datetime.now(UTC).isoformat(), outputs={})
         _write_json(store, f"{run_dir}/record.json", record)
         if code < 0 and -code in (signal.SIGTERM, signal.SIGKILL):
             raise StepFailedError(f"Step {spec.name!r} was stopped by signal {-code}.")
@@ -395,7 +395,7 @@ def _execute(spec, sc, ctx, logger, work, inputs, outputs, key, out_key, compone
         out_store = sc.store(out["datastore"])
         _commit_output(out_store, Path(local_outputs[name]), out["path"], out["manifest"], out_key, task_run_id)
         committed[name] = out
-    record.update(status="Finished", ended=datetime.now(timezone.utc).isoformat(), outputs=committed)
+    record.update(status="Finished", ended=datetime.now(UTC).isoformat(), outputs=committed)
     _write_json(store, f"{run_dir}/record.json", record)
     if spec.allow_reuse:
         _write_json(store, record_path, record)  # written last: a crash before this leaves no reuse record
