@@ -34,6 +34,7 @@ OUTPUTS_PREFIX = "azureml/outputs"
 MANIFESTS_PREFIX = "azureml/manifests"
 REUSE_PREFIX = "azureml/reuse"
 STDERR_TAIL_LINES = 30
+LOCAL_HASH_LIMIT = 16 * 1024 * 1024
 
 # step subprocesses of this process, so a cancelled pipeline can stop them
 _ACTIVE: set[subprocess.Popen] = set()
@@ -80,8 +81,12 @@ def _fingerprint(store, path: str) -> dict:
     except FileNotFoundError:
         infos = {}
     items = []
+    local = fs.protocol in ("file", ("file", "local"))
     for p, info in sorted(infos.items()):
-        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("last_modified")
+        if local and (info.get("size") or 0) <= LOCAL_HASH_LIMIT:
+            tag = hashlib.sha256(Path(p).read_bytes()).hexdigest()  # local files have no ETag: hash small ones
+        else:
+            tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("last_modified")
         items.append([p, info.get("size"), str(tag)])
     return {"files": len(items), "digest": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:24]}
 
