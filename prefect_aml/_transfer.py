@@ -148,7 +148,7 @@ def _put(store: DatastoreBlock, lpaths: list[str], rels: list[str], overwrite: b
             fs.makedirs(d, exist_ok=True)
     cb = _callback(show_progress, f"Uploading to {store.name}", len(lpaths))
     try:
-        fs.put(lpaths, rpaths, callback=cb, **store._transfer_kwargs())
+        fs.put(lpaths, rpaths, callback=cb, **store._transfer_kwargs("put"))
     finally:
         cb.close()
     _say(f"Uploaded {len(lpaths)} file(s) to datastore {store.name!r}.")
@@ -161,14 +161,14 @@ def download(store: DatastoreBlock, target_path, prefix=None, overwrite=False, s
     rel_prefix = clean_relative(prefix, "prefix")
     root = _strip_protocol(fs, store.root())
     base = _strip_protocol(fs, store.full_path(rel_prefix))
-    if fs.isfile(base):
-        remote = [base]
-    else:
-        remote = sorted(p.rstrip("/") for p in fs.find(base)) if fs.exists(base) else []
-        if rel_prefix and not remote:
-            # Azure ML prefixes are string prefixes, not only folders ("train-" matches "train-1/a.csv")
-            parent = posixpath.dirname(base) or root
-            remote = sorted(p for p in fs.find(parent) if p.startswith(base))
+    try:
+        remote = sorted(p.rstrip("/") for p in fs.find(base))  # one listing: a folder's files, or the file itself
+    except FileNotFoundError:
+        remote = []
+    if rel_prefix and not remote:
+        # Azure ML prefixes are string prefixes, not only folders ("train-" matches "train-1/a.csv")
+        parent = posixpath.dirname(base) or root
+        remote = sorted(p for p in fs.find(parent) if p.startswith(base))
     target = Path(target_path).resolve()
     lpaths, rpaths = [], []
     for r in remote:
@@ -192,7 +192,7 @@ def download(store: DatastoreBlock, target_path, prefix=None, overwrite=False, s
         os.makedirs(d, exist_ok=True)
     cb = _callback(show_progress, f"Downloading from {store.name}", len(rpaths))
     try:
-        fs.get(rpaths, lpaths, callback=cb, **store._transfer_kwargs())
+        fs.get(rpaths, lpaths, callback=cb, **store._transfer_kwargs("get"))
     finally:
         cb.close()
     _say(f"Downloaded {len(rpaths)} file(s) from datastore {store.name!r}.")

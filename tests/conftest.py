@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.services import Service, free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,53 +32,6 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("PREFECT_API_URL", None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """A process started by the tests: waits for health, fails clearly, stops by PID."""
-
-    def __init__(self, name: str, argv: list[str], health, env: dict | None = None, timeout: float = 120):
-        self.name = name
-        self.log = _STATE / f"{name}.log"
-        self.proc = subprocess.Popen(argv, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env or os.environ.copy(), start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {self.proc.returncode} while starting:\n"
-                                   f"{self.log.read_text(errors='replace')[-3000:]}")
-            try:
-                if health():
-                    return
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{name} did not become healthy within {timeout} s; log: {self.log}")
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(timeout=10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-
-
-def _http_ok(url: str) -> bool:
-    return httpx.get(url, timeout=2).status_code < 500
 
 
 def _psql(sql: str) -> None:
@@ -108,8 +59,8 @@ def prefect_server():
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="false",
     )
-    svc = Service("prefect-server", [str(BIN / "python"), "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                      "--port", str(port)], lambda: _http_ok(f"{url}/health"), env=env, timeout=180)
+    svc = Service("prefect-server", _STATE, [str(BIN / "python"), "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(port)], lambda: http_ok(f"{url}/health"), env=env, timeout=180)
     os.environ["PREFECT_API_URL"] = url
     refresh_global_settings_context()
     yield url
@@ -125,8 +76,8 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def moto():
     port = free_port()
-    svc = Service("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                  lambda: _http_ok(f"http://127.0.0.1:{port}/moto-api/"))
+    svc = Service("moto", _STATE, [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                  lambda: http_ok(f"http://127.0.0.1:{port}/moto-api/"))
     yield f"http://127.0.0.1:{port}"
     svc.stop()
 
@@ -139,9 +90,9 @@ def azurite():
     port = free_port()
     loc = _STATE / "azurite"
     loc.mkdir()
-    svc = Service("azurite", [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(loc),
+    svc = Service("azurite", _STATE, [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(loc),
                               "--skipApiVersionCheck", "--loose", "--silent"],
-                  lambda: _http_ok(f"http://127.0.0.1:{port}/devstoreaccount1?comp=list"))
+                  lambda: http_ok(f"http://127.0.0.1:{port}/devstoreaccount1?comp=list"))
     yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
     svc.stop()

@@ -1,0 +1,60 @@
+"""Processes the tests and benchmarks start on loopback: wait for health, fail clearly, stop by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A process started by the tests: waits for health, fails clearly, stops by PID."""
+
+    def __init__(self, name: str, state: Path, argv: list[str], health, env: dict | None = None,
+                 timeout: float = 120):
+        self.name = name
+        self.log = state / f"{name}.log"
+        self.proc = subprocess.Popen(argv, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env or os.environ.copy(), start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {self.proc.returncode} while starting:\n"
+                                   f"{self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                if health():
+                    return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not become healthy within {timeout} s; log: {self.log}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=10)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+def http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code < 500
