@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import Service, free_port, http_ok
+from tests.services import PrefectServer, Service, free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("PREFECT_AML_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 BIN = Path(sys.executable).parent
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-PG_URL = os.environ.get("PREFECT_AML_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
 # Everything a test starts lives under one temporary folder and talks to loopback only.
 _STATE = Path(tempfile.mkdtemp(prefix="prefect-aml-tests-"))
@@ -34,43 +34,22 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("PREFECT_API_URL", None)
 
 
-def _psql(sql: str) -> None:
-    subprocess.run(["psql", f"{PG_URL}/postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True,
-                   capture_output=True)
-
-
 @pytest.fixture(scope="session")
 def prefect_server():
     """A Prefect server on a fresh PostgreSQL database; this process's Prefect client points at it."""
     from prefect.context import refresh_global_settings_context
 
-    db = f"prefect_aml_test_{uuid.uuid4().hex[:10]}"
     try:
-        _psql(f"CREATE DATABASE {db}")
+        server = PrefectServer(_STATE, PG_URL)
     except (subprocess.CalledProcessError, FileNotFoundError) as err:
         pytest.exit(f"PostgreSQL on 127.0.0.1:5432 is needed by the tests and could not create a database: {err}",
                     returncode=3)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
-    env.update(
-        PREFECT_HOME=str(_STATE / "prefect-server"),
-        PREFECT_API_DATABASE_CONNECTION_URL=f"{PG_URL.replace('postgresql://', 'postgresql+asyncpg://')}/{db}",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-    )
-    svc = Service("prefect-server", _STATE, [str(BIN / "python"), "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                      "--port", str(port)], lambda: http_ok(f"{url}/health"), env=env, timeout=180)
-    os.environ["PREFECT_API_URL"] = url
+    os.environ["PREFECT_API_URL"] = server.url
     refresh_global_settings_context()
-    yield url
-    svc.stop()
+    yield server.url
+    server.stop()
     os.environ.pop("PREFECT_API_URL", None)
     refresh_global_settings_context()
-    try:
-        _psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-    except subprocess.CalledProcessError:
-        pass
 
 
 @pytest.fixture(scope="session")

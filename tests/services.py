@@ -6,7 +6,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -58,3 +60,36 @@ class Service:
 
 def http_ok(url: str) -> bool:
     return httpx.get(url, timeout=2).status_code < 500
+
+
+def psql(pg_url: str, sql: str) -> None:
+    subprocess.run(["psql", f"{pg_url}/postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True,
+                   capture_output=True)
+
+
+class PrefectServer:
+    """`prefect server start` on a fresh PostgreSQL database; `stop()` ends it and drops the database."""
+
+    def __init__(self, state: Path, pg_url: str):
+        self.pg_url = pg_url
+        self.db = f"prefect_aml_test_{uuid.uuid4().hex[:10]}"
+        psql(pg_url, f"CREATE DATABASE {self.db}")
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/api"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+        env.update(
+            PREFECT_HOME=str(state / "prefect-server"),
+            PREFECT_API_DATABASE_CONNECTION_URL=f"{pg_url.replace('postgresql://', 'postgresql+asyncpg://')}/{self.db}",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED="false",
+        )
+        self.service = Service("prefect-server", state, [sys.executable, "-m", "prefect", "server", "start", "--host",
+                                                         "127.0.0.1", "--port", str(port)],
+                               lambda: http_ok(f"{self.url}/health"), env=env, timeout=180)
+
+    def stop(self) -> None:
+        self.service.stop()
+        try:
+            psql(self.pg_url, f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+        except subprocess.CalledProcessError:
+            pass

@@ -51,21 +51,26 @@ def terminate_active_steps() -> None:
             pass
 
 
+# datastores loaded once per pipeline run and process: (run id, name) -> block
+_STORES: dict[tuple[str, str], Any] = {}
+_STORES_LOCK = threading.Lock()
+
+
 class StepContext:
     """What a step needs from its pipeline run: stores, parameter values, upstream results."""
 
     def __init__(self, ctx: dict[str, Any]):
         self.ctx = ctx
-        self._stores: dict[str, Any] = {}
 
     def store(self, name: str | None):
         from prefect_aml.datastore import Datastore
         from prefect_aml.workspace import Workspace
 
-        name = name or self.ctx["default_datastore"]
-        if name not in self._stores:
-            self._stores[name] = Datastore.get(Workspace(**self.ctx["workspace"]), name)
-        return self._stores[name]
+        key = (self.ctx["run_id"], name or self.ctx["default_datastore"])
+        with _STORES_LOCK:
+            if key not in _STORES:
+                _STORES[key] = Datastore.get(Workspace(**self.ctx["workspace"]), key[1])
+            return _STORES[key]
 
     @property
     def default_store(self):
