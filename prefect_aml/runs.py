@@ -90,11 +90,63 @@ class Experiment:
         return sorted({t[len(EXPERIMENT_TAG):] for r in runs for t in r.tags if t.startswith(EXPERIMENT_TAG)})
 
 
+def prepare_sources(spec, store, home: Path) -> None:
+    """Snapshot each source directory once and record its hashes (all files, or those in hash_paths)."""
+    import pathspec
+
+    from prefect_aml.tasks.snapshots import ensure_snapshot, git_info, snapshot_id
+
+    done: dict[str, tuple[str, dict]] = {}
+    for step in spec.steps:
+        if not step.source_directory:
+            continue
+        if step.source_directory not in done:
+            done[step.source_directory] = ensure_snapshot(store, step.source_directory, home / "hash-cache")
+        sid, hashes = done[step.source_directory]
+        step.snapshot_id = sid
+        if step.hash_paths:
+            match = pathspec.PathSpec.from_lines("gitignore", step.hash_paths)
+            hashes = {f: h for f, h in hashes.items() if match.match_file(f)}
+            step.source_hash = "paths-" + snapshot_id(hashes)
+        else:
+            step.source_hash = sid
+        step.source_files = hashes
+        step.git = git_info(step.source_directory)
+
+
+def _plan(spec, values, store, ws, run_id: str, regenerate_outputs: bool) -> dict[str, dict]:
+    from prefect_aml.datastore import Datastore
+    from prefect_aml.tasks.reuse import plan_pipeline
+
+    stores: dict[str | None, Any] = {None: store, store.name: store}
+
+    def get(name):
+        if name not in stores:
+            stores[name] = Datastore.get(ws, name)
+        return stores[name]
+
+    ctx = {"run_id": run_id, "parameters": values, "regenerate_outputs": regenerate_outputs}
+    return plan_pipeline(spec, ctx, get)
+
+
+def explain_reuse(pipeline, pipeline_parameters: dict | None = None, regenerate_outputs: bool = False) -> dict:
+    """For each step, whether a submit now would reuse it or run it, and why; nothing is run or written."""
+    from prefect_aml.datastore import Datastore
+
+    ws = pipeline.workspace
+    spec = pipeline._build_spec()
+    values = pipeline._resolve_parameters(pipeline._closure(), pipeline_parameters)
+    ws._activate()
+    store = Datastore.get(ws, spec.default_datastore) if spec.default_datastore else ws.get_default_datastore()
+    prepare_sources(spec, store, ws.home)
+    plans = _plan(spec, values, store, ws, "explain0", regenerate_outputs)
+    return {name: plan["explanation"] for name, plan in plans.items()}
+
+
 def _submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags, regenerate_outputs,
-                     continue_on_step_failure) -> PipelineRun:
+                     continue_on_step_failure, show_plan: bool = True) -> PipelineRun:
     from prefect_aml.datastore import Datastore
     from prefect_aml.flows.pipeline import aml_pipeline
-    from prefect_aml.tasks.snapshots import ensure_snapshot, git_info
 
     ws = experiment.workspace
     spec = pipeline._build_spec()  # validates: nothing has been written yet
@@ -103,15 +155,9 @@ def _submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags
     store = Datastore.get(ws, spec.default_datastore) if spec.default_datastore else ws.get_default_datastore()
     for name in {s.datastore for step in spec.steps for s in step.outputs if s.datastore}:
         Datastore.get(ws, name)  # every output datastore must exist before the run starts
-    snapshots: dict[str, str] = {}
-    for step in spec.steps:
-        if step.source_directory:
-            if step.source_directory not in snapshots:
-                snapshots[step.source_directory] = ensure_snapshot(store, step.source_directory)[0]
-            step.snapshot_id = snapshots[step.source_directory]
-            step.environment["git"] = git_info(step.source_directory)
+    prepare_sources(spec, store, ws.home)
     workspace = {"workspace_name": ws.name, "subscription_id": ws.subscription_id,
-                 "resource_group": ws.resource_group, "home": str(ws.home)}
+                 "resource_group": ws.resource_group, "home": str(ws.home), "redis_url": ws.redis_url}
     user_tags = [f"{k}:{v}" if v not in (None, "") else str(k) for k, v in tags.items()]
     with _client() as client:
         flow_run = client.create_flow_run(
@@ -123,6 +169,10 @@ def _submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags
             tags=[EXPERIMENT_TAG + experiment.name, "aml-pipeline", *user_tags],
         )
     _start_runner(ws, str(flow_run.id))
+    if show_plan:  # the runner needs a moment to start; meanwhile say what will run and why
+        print(f"Submitted pipeline run {flow_run.id} (experiment {experiment.name!r}):")
+        for name, plan in _plan(spec, values, store, ws, str(flow_run.id), regenerate_outputs).items():
+            print(f"  step {name}: {plan['explanation']}")
     return PipelineRun(experiment, str(flow_run.id), _flow_run=flow_run)
 
 
@@ -320,11 +370,12 @@ class StepRun:
         return self.get_status()
 
     def _load_record(self) -> dict:
-        from prefect_aml.tasks.step import RUNS_PREFIX, _read_json
+        from prefect_aml.tasks.reuse import read_json
+        from prefect_aml.tasks.step import RUNS_PREFIX
 
         if self._record is None or self._record.get("status") not in TERMINAL:
             store = self.pipeline_run._default_store()
-            self._record = _read_json(store, f"{RUNS_PREFIX}/{self.pipeline_run.id}/{self.name}/record.json") or {}
+            self._record = read_json(store, f"{RUNS_PREFIX}/{self.pipeline_run.id}/{self.name}/record.json") or {}
         return self._record
 
     @property

@@ -23,7 +23,7 @@ from prefect_aml.exceptions import UserErrorException
 _DEFAULT_VARIABLE = "aml_default_datastore"
 BUILTIN_DATASTORES = ("workspaceblobstore", "workspacefilestore")
 _CONFIG_KEYS = ("subscription_id", "resource_group", "workspace_name", "location",
-                "prefect_api_url", "default_datastore", "home")
+                "prefect_api_url", "default_datastore", "home", "redis_url")
 _activated_url: str | None = None  # the PREFECT_API_URL this process set itself (not the user's)
 
 
@@ -41,6 +41,7 @@ class Workspace:
         default_datastore: str | None = None,
         location: str | None = None,
         home: str | os.PathLike | None = None,
+        redis_url: str | None = None,
         **_ignored: Any,
     ):
         self.subscription_id = subscription_id
@@ -51,6 +52,8 @@ class Workspace:
         self._default_datastore = default_datastore
         self._home = Path(home).expanduser().resolve() if home else None
         self._config_path: Path | None = None
+        # Redis serialises identical steps across machines; without it, locks are files (one machine)
+        self.redis_url = redis_url or os.environ.get("PREFECT_AML_REDIS_URL") or None
 
     # -- construction from files
     @classmethod
@@ -79,7 +82,7 @@ class Workspace:
             data.get("subscription_id"), data.get("resource_group"),
             data.get("workspace_name") or data.get("name"),
             prefect_api_url=data.get("prefect_api_url"), default_datastore=data.get("default_datastore"),
-            location=data.get("location"), home=home,
+            location=data.get("location"), home=home, redis_url=data.get("redis_url"),
         )
         ws._config_path = found
         return ws
@@ -89,7 +92,7 @@ class Workspace:
         folder = Path(path or Path.cwd()) / ".azureml"
         folder.mkdir(parents=True, exist_ok=True)
         data = {"workspace_name": self._name}
-        for key in ("subscription_id", "resource_group", "prefect_api_url"):
+        for key in ("subscription_id", "resource_group", "prefect_api_url", "redis_url"):
             if getattr(self, key):
                 data[key] = getattr(self, key)
         if self._default_datastore:

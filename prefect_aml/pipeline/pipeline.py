@@ -300,5 +300,16 @@ class Pipeline:
             regenerate_outputs=regenerate_outputs, tags=tags,
         )
 
+    def explain_reuse(self, pipeline_parameters: dict | None = None, regenerate_outputs: bool = False,
+                      show_output: bool = True) -> dict[str, str]:
+        """Whether each step would be reused or run if submitted now, and why (runs nothing)."""
+        from prefect_aml.runs import explain_reuse
+
+        explanations = explain_reuse(self, pipeline_parameters, regenerate_outputs)
+        if show_output:
+            for name, why in explanations.items():
+                print(f"  step {name}: {why}")
+        return explanations
+
     def __repr__(self) -> str:
         return f"Pipeline(steps={[s.name for s in self._closure()]})"

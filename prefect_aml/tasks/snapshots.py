@@ -7,11 +7,13 @@ included. Beyond Azure ML's limits (300 MB or 2,000 files) a warning is printed,
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import os
 import subprocess
+import tempfile
 import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pathspec
@@ -21,39 +23,82 @@ WARN_BYTES = 300 * 1024 * 1024
 WARN_FILES = 2000
 
 
-def _ignore_spec(src: Path) -> pathspec.PathSpec:
-    lines: list[str] = [".git/"]
+def _ignore_spec(src: Path) -> pathspec.PathSpec | None:
+    """The patterns of `.amlignore`, else `.gitignore` (None when neither exists)."""
     for name in (".amlignore", ".gitignore"):
         f = src / name
         if f.is_file():
-            lines += f.read_text().splitlines()
-            break
-    return pathspec.PathSpec.from_lines("gitignore", lines)
+            return pathspec.PathSpec.from_lines("gitignore", f.read_text().splitlines())
+    return None
+
+
+def scan(src: str | os.PathLike) -> dict[str, os.stat_result]:
+    """The files of a source directory that go into its snapshot (sorted POSIX relative paths), with their stat."""
+    root = os.fspath(src)
+    spec = _ignore_spec(Path(root))
+    found: dict[str, os.stat_result] = {}
+    stack = [("", root)]
+    while stack:
+        rel_dir, full_dir = stack.pop()
+        with os.scandir(full_dir) as it:
+            for entry in it:
+                rel = rel_dir + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != ".git" and not (spec and spec.match_file(rel + "/")):
+                        stack.append((rel + "/", entry.path))
+                elif entry.is_file() and not (spec and spec.match_file(rel)):
+                    found[rel] = entry.stat()
+    return {rel: found[rel] for rel in sorted(found)}
 
 
 def list_files(src: str | os.PathLike) -> list[str]:
     """The files of a source directory that go into its snapshot, as sorted POSIX relative paths."""
-    root = Path(src)
-    spec = _ignore_spec(root)
-    files = []
-    for dirpath, dirs, names in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root).as_posix()
-        rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        dirs[:] = [d for d in dirs if not spec.match_file(rel_dir + d + "/")]
-        files += [rel_dir + n for n in names if not spec.match_file(rel_dir + n)]
-    return sorted(files)
+    return list(scan(src))
 
 
-def file_hashes(src: str | os.PathLike, files: list[str] | None = None) -> dict[str, str]:
-    root = Path(src)
-    out = {}
-    for rel in files if files is not None else list_files(root):
-        h = hashlib.sha256()
-        with open(root / rel, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        out[rel] = h.hexdigest()
-    return out
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_hashes(src: str | os.PathLike, files: list[str] | dict[str, os.stat_result] | None = None,
+                cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """SHA-256 of each file; with `cache_dir`, files whose size, mtime and inode are unchanged are not re-read."""
+    root = os.path.abspath(os.fspath(src))
+    if files is None:
+        files = scan(root)
+    stats = files if isinstance(files, dict) else {rel: os.stat(os.path.join(root, rel)) for rel in files}
+    cache_file = Path(cache_dir) / (hashlib.sha1(root.encode()).hexdigest() + ".json") if cache_dir else None
+    cache: dict[str, list] = {}
+    if cache_file is not None and cache_file.exists():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except ValueError:
+            cache = {}
+    out: dict[str, str] = {}
+    sigs: dict[str, list] = {}
+    todo: list[str] = []
+    for rel, st in stats.items():
+        sig = [st.st_size, st.st_mtime_ns, st.st_ino]
+        sigs[rel] = sig
+        known = cache.get(rel)
+        if known is not None and known[:3] == sig:
+            out[rel] = known[3]
+        else:
+            todo.append(rel)
+    if todo:  # hashlib releases the GIL: read and hash several files at once
+        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
+            for rel, digest in zip(todo, pool.map(lambda r: _sha256(os.path.join(root, r)), todo), strict=True):
+                out[rel] = digest
+    if cache_file is not None and (todo or len(cache) != len(stats)):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.partial")
+        tmp.write_text(json.dumps({rel: [*sigs[rel], out[rel]] for rel in stats}))
+        os.replace(tmp, cache_file)
+    return {rel: out[rel] for rel in stats}
 
 
 def snapshot_id(hashes: dict[str, str]) -> str:
@@ -83,29 +128,31 @@ def git_info(src: str | os.PathLike) -> dict | None:
     }
 
 
-def ensure_snapshot(store, src: str | os.PathLike) -> tuple[str, dict[str, str]]:
+def ensure_snapshot(store, src: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+                    ) -> tuple[str, dict[str, str]]:
     """Hash `src` and store its archive on `store` unless that content is already there."""
     root = Path(src)
-    files = list_files(root)
-    size = sum((root / f).stat().st_size for f in files)
+    stats = scan(root)
+    files = list(stats)
+    size = sum(st.st_size for st in stats.values())
     if size > WARN_BYTES or len(files) > WARN_FILES:
         warnings.warn(
             f"Snapshot of {str(root)!r} holds {len(files)} files, {size / 1e6:.0f} MB (Azure ML's limits: 2,000 "
             "files, 300 MB). Add what the steps do not need to .amlignore to keep runs fast.", stacklevel=2,
         )
-    hashes = file_hashes(root, files)
+    hashes = file_hashes(root, stats, cache_dir)
     sid = snapshot_id(hashes)
     fs = store.filesystem()
     target = store.full_path(f"{SNAPSHOT_PREFIX}/{sid}.zip")
     if not fs.exists(target):
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for rel in files:
-                z.write(root / rel, rel)
-        tmp = f"{target}.{os.getpid()}.partial"
-        with fs.open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        fs.mv(tmp, target)
+        with tempfile.TemporaryDirectory() as tmpdir:
+            archive = Path(tmpdir) / f"{sid}.zip"
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+                for rel in files:
+                    z.write(root / rel, rel)
+            partial = f"{target}.{os.getpid()}.partial"
+            fs.put_file(str(archive), partial)
+            fs.mv(partial, target)
     return sid, hashes
 
 
