@@ -24,7 +24,8 @@ from prefect_aml import (
     PythonScriptStep,
     Workspace,
 )
-from tests.conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PREP = """
     import argparse, os, time
@@ -84,7 +85,7 @@ class Project:
 
     def run(self, pipeline=None, **kw):
         run = Experiment(self.ws, f"reuse-{self.tag}").submit(pipeline or self.pipeline(), **kw)
-        assert run.wait_for_completion(show_output=False) == "Finished"
+        assert run.wait_for_completion(show_output=False, timeout_seconds=240) == "Finished"
         return {s.name.split("-")[0]: s for s in run.get_steps()}
 
 

@@ -116,18 +116,15 @@ class AmlResultStorage(WritableFileSystem):
 
 
 def lock_manager_for(store, home: Path, redis_url: str | None):
-    """File locks beside a local datastore; Redis when configured; else file locks on this machine."""
-    from prefect.locking.filesystem import FileSystemLockManager
-
+    """Redis when configured (many machines); else file locks beside a local datastore or in the home."""
     from prefect_aml.blocks.datastores import LocalDatastore
+    from prefect_aml.tasks.locks import LeasedFileLockManager, redis_lock_manager
 
     if redis_url:
-        from prefect_redis.locking import RedisLockManager
-
-        return RedisLockManager(connection_url=redis_url)
+        return redis_lock_manager(redis_url)
     if isinstance(store, LocalDatastore):
-        return FileSystemLockManager(lock_files_directory=Path(store.root()) / "azureml" / "locks")
-    return FileSystemLockManager(lock_files_directory=home / "locks")
+        return LeasedFileLockManager(Path(store.root()) / "azureml" / "locks")
+    return LeasedFileLockManager(home / "locks")
 
 
 def find_detail(fs, path: str) -> dict[str, dict]:
