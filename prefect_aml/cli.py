@@ -40,5 +40,49 @@ def server_status() -> None:
         raise typer.Exit(1)
 
 
+def _value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@app.command("explain")
+def explain(
+    target: str = typer.Argument(..., help="FILE.py:FUNCTION, a function that takes a Workspace and returns a Pipeline"),
+    param: list[str] = typer.Option([], "--param", "-p", help="a pipeline parameter, NAME=VALUE (repeatable)"),
+    regenerate_outputs: bool = typer.Option(False, help="as submit(..., regenerate_outputs=True) would"),
+) -> None:
+    """Say, step by step, whether a submit now would reuse earlier results or run, and why. Runs nothing."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from prefect_aml import Workspace
+
+    path, _, func = target.rpartition(":")
+    if not path or not func or not Path(path).is_file():
+        typer.echo(f"Give FILE.py:FUNCTION, e.g. examples/iris/run_pipeline.py:build (got {target!r}).", err=True)
+        raise typer.Exit(2)
+    params = {}
+    for item in param:
+        name, eq, value = item.partition("=")
+        if not eq:
+            typer.echo(f"--param {item!r}: write NAME=VALUE.", err=True)
+            raise typer.Exit(2)
+        params[name] = _value(value)
+    spec = importlib.util.spec_from_file_location("_aml_explain_target", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(Path(path).resolve().parent))
+    spec.loader.exec_module(module)
+    if not hasattr(module, func):
+        typer.echo(f"{path} has no function {func!r}.", err=True)
+        raise typer.Exit(2)
+    pipeline = getattr(module, func)(Workspace.from_config())
+    pipeline.explain_reuse(pipeline_parameters=params or None, regenerate_outputs=regenerate_outputs)
+
+
 if __name__ == "__main__":
     app()

@@ -21,10 +21,14 @@ from prefect_aml import (
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def upload_data(ws) -> None:
+    Datastore(ws, "workspaceblobstore").upload_files([os.path.join(HERE, "iris.csv")], target_path="train-dataset",
+                                                     overwrite=True, show_progress=False)
+
+
 def build(ws):
+    """The pipeline (`prefect-aml explain examples/iris/run_pipeline.py:build` explains its reuse)."""
     def_blob_store = Datastore(ws, "workspaceblobstore")
-    def_blob_store.upload_files([os.path.join(HERE, "iris.csv")], target_path="train-dataset", overwrite=True,
-                                show_progress=False)
     iris = DataPath(def_blob_store, "train-dataset/iris.csv")
 
     output_data1 = OutputFileDatasetConfig()
@@ -35,7 +39,8 @@ def build(ws):
         allow_reuse=True,
     )
 
-    training_results = OutputFileDatasetConfig(name="training_results", destination=(def_blob_store, "iris/{run-id}/{output-name}"))
+    training_results = OutputFileDatasetConfig(name="training_results",
+                                               destination=(def_blob_store, "iris/{run-id}/{output-name}"))
     train_step = PythonScriptStep(
         script_name="train.py",
         source_directory=os.path.join(HERE, "train_src"),
@@ -63,6 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     ws = Workspace.from_config()
+    upload_data(ws)
     pipeline1 = build(ws)
     pipeline1.validate()
     params = {"pipeline_arg": args.pipeline_arg} if args.pipeline_arg is not None else None
