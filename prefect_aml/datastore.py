@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 def _list_datastores(workspace: Workspace) -> list[DatastoreBlock]:
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     workspace._activate()
     found: list[DatastoreBlock] = []
@@ -35,10 +36,10 @@ def _list_datastores(workspace: Workspace) -> list[DatastoreBlock]:
         for block_cls in DATASTORE_BLOCK_TYPES:
             try:
                 docs = client.read_block_documents_by_type(block_cls.get_block_type_slug())
-            except Exception as err:  # the type is not registered yet: no datastores of it
-                if "not found" in str(err).lower() or getattr(err, "response", None) is not None:
-                    continue
-                raise
+            except (ObjectNotFound, PrefectHTTPStatusError) as err:
+                if getattr(getattr(err, "response", None), "status_code", 404) != 404:
+                    raise
+                continue  # the type is not registered yet: no datastores of it
             for doc in docs:
                 block = block_cls._from_block_document(doc)
                 block._workspace = workspace

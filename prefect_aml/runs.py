@@ -20,6 +20,7 @@ from uuid import UUID
 from prefect_aml.exceptions import ActivityFailedException, UserErrorException
 
 EXPERIMENT_TAG = "experiment:"
+SPECS_PREFIX = "azureml/specs"
 
 _STATUS = {
     "SCHEDULED": "NotStarted", "PENDING": "Queued", "RUNNING": "Running", "COMPLETED": "Finished",
@@ -91,10 +92,8 @@ class Experiment:
 
 
 def prepare_sources(spec, store, home: Path) -> None:
-    """Snapshot each source directory once and record its hashes (all files, or those in hash_paths)."""
-    import pathspec
-
-    from prefect_aml.tasks.snapshots import ensure_snapshot, git_info, snapshot_id
+    """Snapshot each source directory once and record its hash (all files, or those in hash_paths)."""
+    from prefect_aml.tasks.snapshots import ensure_snapshot, git_info, select, snapshot_id
 
     done: dict[str, tuple[str, dict]] = {}
     for step in spec.steps:
@@ -104,14 +103,31 @@ def prepare_sources(spec, store, home: Path) -> None:
             done[step.source_directory] = ensure_snapshot(store, step.source_directory, home / "hash-cache")
         sid, hashes = done[step.source_directory]
         step.snapshot_id = sid
-        if step.hash_paths:
-            match = pathspec.PathSpec.from_lines("gitignore", step.hash_paths)
-            hashes = {f: h for f, h in hashes.items() if match.match_file(f)}
-            step.source_hash = "paths-" + snapshot_id(hashes)
-        else:
-            step.source_hash = sid
-        step.source_files = hashes
+        step.source_hash = "paths-" + snapshot_id(select(hashes, step.hash_paths)) if step.hash_paths else sid
         step.git = git_info(step.source_directory)
+
+
+def store_spec(store, spec) -> str:
+    """Write the spec once per content on `store` (`azureml/specs/<hash>.json`); returns its path."""
+    import hashlib
+
+    from prefect_aml.tasks.reuse import write_bytes
+
+    data = spec.model_dump_json().encode()
+    path = f"{SPECS_PREFIX}/{hashlib.sha256(data).hexdigest()[:40]}.json"
+    if not store.filesystem().exists(store.full_path(path)):
+        write_bytes(store, path, data)
+    return path
+
+
+def load_spec(store, path: str):
+    from prefect_aml.pipeline.spec import PipelineSpec
+    from prefect_aml.tasks.reuse import read_json
+
+    data = read_json(store, path)
+    if data is None:
+        raise UserErrorException(f"The pipeline spec {path!r} is missing from datastore {store.name!r}.")
+    return PipelineSpec.model_validate(data)
 
 
 def _plan(spec, values, store, ws, run_id: str, regenerate_outputs: bool) -> dict[str, dict]:
@@ -159,10 +175,11 @@ def _submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags
     workspace = {"workspace_name": ws.name, "subscription_id": ws.subscription_id,
                  "resource_group": ws.resource_group, "home": str(ws.home), "redis_url": ws.redis_url}
     user_tags = [f"{k}:{v}" if v not in (None, "") else str(k) for k, v in tags.items()]
+    spec_path = store_spec(store, spec)  # flow-run parameters are size-limited: the spec lives on the datastore
     with _client() as client:
         flow_run = client.create_flow_run(
             aml_pipeline,
-            parameters={"spec": spec.model_dump(), "parameters": values, "experiment_name": experiment.name,
+            parameters={"spec_path": spec_path, "parameters": values, "experiment_name": experiment.name,
                         "workspace": workspace, "default_datastore": store.name,
                         "regenerate_outputs": regenerate_outputs,
                         "continue_on_step_failure": continue_on_step_failure},
@@ -325,7 +342,7 @@ class PipelineRun:
 
     def get_details(self) -> dict:
         fr = self._refresh()
-        spec = self._parameters["spec"]
+        spec = load_spec(self._default_store(), self._parameters["spec_path"]).model_dump()
         return {
             "runId": self.id, "experiment": self.experiment.name, "status": _status(fr.state),
             "startTimeUtc": fr.start_time.isoformat() if fr.start_time else None,

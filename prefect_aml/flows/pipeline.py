@@ -20,7 +20,6 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_aml.exceptions import StepFailedError
-from prefect_aml.pipeline.spec import PipelineSpec
 from prefect_aml.tasks.reuse import (
     AmlResultStorage,
     StepCachePolicy,
@@ -53,20 +52,21 @@ def _record_reuse(sc: StepContext, ctx: dict, name: str, plan: dict, result: dic
 
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=32), persist_result=False,
       validate_parameters=False)
-def aml_pipeline(spec: dict, parameters: dict, experiment_name: str, workspace: dict, default_datastore: str,
+def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspace: dict, default_datastore: str,
                  regenerate_outputs: bool = False, continue_on_step_failure: bool = False) -> dict[str, Any]:
+    from prefect_aml.runs import load_spec
     from prefect_aml.workspace import Workspace
 
     logger = get_run_logger()
-    pipeline = PipelineSpec.model_validate(spec)
     run_id = str(get_run_context().flow_run.id)
-    create_markdown_artifact(f"```mermaid\n{pipeline.mermaid()}\n```", key="pipeline-graph",
-                             description="The pipeline's steps and the data between them")
     ws = Workspace(**workspace)
     ctx = {"run_id": run_id, "experiment_name": experiment_name, "workspace": workspace,
            "default_datastore": default_datastore, "parameters": parameters,
            "regenerate_outputs": regenerate_outputs, "ui_url": ws.api_url_or_default().removesuffix("/api")}
     sc = StepContext(ctx)
+    pipeline = load_spec(sc.default_store, spec_path)
+    create_markdown_artifact(f"```mermaid\n{pipeline.mermaid()}\n```", key="pipeline-graph",
+                             description="The pipeline's steps and the data between them")
     plans = plan_pipeline(pipeline, ctx, sc.store)
     for name, plan in plans.items():
         logger.info(f"step {name}: {plan['explanation']}")
@@ -91,7 +91,7 @@ def aml_pipeline(spec: dict, parameters: dict, experiment_name: str, workspace: 
                 sorter.done(name)
                 continue
             task = run_step.with_options(name=name, task_run_name=name, cache_policy=policy, result_storage=storage,
-                                         refresh_cache=regenerate_outputs)
+                                         refresh_cache=regenerate_outputs, persist_result=step.allow_reuse)
             future = task.submit(step.model_dump(), plans[name], ctx,
                                  {u: results[u] for u in step.upstream() if u in results})
             in_flight[future] = name

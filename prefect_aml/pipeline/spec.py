@@ -44,7 +44,6 @@ class StepSpec(BaseModel):
     source_directory: str | None = None
     snapshot_id: str | None = None
     source_hash: str | None = None  # the snapshot, or only the files matched by hash_paths
-    source_files: dict[str, str] = Field(default_factory=dict)  # per-file hashes, to explain a miss
     git: dict[str, Any] | None = None
     arguments: list[ArgSpec] = Field(default_factory=list)
     inputs: list[InputSpec] = Field(default_factory=list)

@@ -274,8 +274,11 @@ def explain(components: dict, last: dict | None) -> list[str]:
 # -- the plan: keys and explanations for every step, before anything runs ------------------------
 def plan_pipeline(spec: PipelineSpec, ctx: dict, stores) -> dict[str, dict]:
     """Keys, output locations and reuse explanations for every step, in dependency order."""
+    from prefect_aml.tasks.snapshots import select, stored_file_hashes
+
     params = ctx["parameters"]
     plans: dict[str, dict] = {}
+    file_maps: dict[str, dict] = {}
     for name in spec.order():
         step = spec.step(name)
         inputs: dict[str, dict] = {}
@@ -298,8 +301,12 @@ def plan_pipeline(spec: PipelineSpec, ctx: dict, stores) -> dict[str, dict]:
             store = stores(out.datastore)
             outputs[out.name] = {"datastore": store.name, "path": output_location(out, out_key, ctx["run_id"]),
                                  "manifest": f"{MANIFESTS_PREFIX}/{out_key}/{out.name}.json"}
-        plan = {"key": key, "out_key": out_key, "components": components, "outputs": outputs}
         default = stores(None)
+        if step.snapshot_id and step.snapshot_id not in file_maps:
+            file_maps[step.snapshot_id] = stored_file_hashes(default, step.snapshot_id)
+        source_files = select(file_maps.get(step.snapshot_id, {}), step.hash_paths)
+        plan = {"key": key, "out_key": out_key, "components": components, "outputs": outputs,
+                "source_files": source_files}
         if not step.allow_reuse:
             plan.update(will_reuse=False, explanation="will run: allow_reuse=False")
         elif ctx.get("regenerate_outputs"):
@@ -315,7 +322,7 @@ def plan_pipeline(spec: PipelineSpec, ctx: dict, stores) -> dict[str, dict]:
                                         f"(pipeline run {record['pipeline_run_id']})")
             else:
                 last = read_json(default, last_record_path(step.name))
-                why = [reason] if reason else explain({**components, "_source_files": step.source_files}, last)
+                why = [reason] if reason else explain({**components, "_source_files": source_files}, last)
                 plan.update(will_reuse=False, explanation="will run: " + ", ".join(why))
         plans[name] = plan
     return plans

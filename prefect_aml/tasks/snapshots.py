@@ -108,6 +108,24 @@ def snapshot_id(hashes: dict[str, str]) -> str:
     return h.hexdigest()[:40]
 
 
+def select(hashes: dict[str, str], hash_paths: list[str] | None) -> dict[str, str]:
+    """The files that count for reuse: all of them, or those matched by `hash_paths` (gitignore patterns)."""
+    if not hash_paths:
+        return hashes
+    match = pathspec.PathSpec.from_lines("gitignore", hash_paths)
+    return {f: h for f, h in hashes.items() if match.match_file(f)}
+
+
+def stored_file_hashes(store, sid: str) -> dict[str, str]:
+    """The per-file hashes kept beside snapshot `sid` (empty if that snapshot predates them)."""
+    fs = store.filesystem()
+    try:
+        with fs.open(store.full_path(f"{SNAPSHOT_PREFIX}/{sid}.files.json"), "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return {}
+
+
 def git_info(src: str | os.PathLike) -> dict | None:
     """Repository, branch, commit and dirty flag when `src` is inside a git work tree."""
     def git(*args: str) -> str | None:
@@ -150,6 +168,9 @@ def ensure_snapshot(store, src: str | os.PathLike, cache_dir: str | os.PathLike 
             with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
                 for rel in files:
                     z.write(root / rel, rel)
+            files_map = store.full_path(f"{SNAPSHOT_PREFIX}/{sid}.files.json")
+            with fs.open(files_map, "wb") as f:  # per-file hashes: to explain which file changed
+                f.write(json.dumps(hashes).encode())
             partial = f"{target}.{os.getpid()}.partial"
             fs.put_file(str(archive), partial)
             fs.mv(partial, target)

@@ -266,7 +266,7 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         "task_run_id": task_run_id, "pipeline_run_id": ctx["run_id"], "snapshot_id": spec.snapshot_id,
         "metrics": metrics, "tags": json.loads(tags_file.read_text()) if tags_file.exists() else {},
         "started": started.isoformat(), "log": {"datastore": store.name, "path": f"{rdir}/std_log.txt"},
-        "exit_code": code, "components": plan["components"], "source_files": spec.source_files, "git": spec.git,
+        "exit_code": code, "components": plan["components"], "source_files": plan["source_files"], "git": spec.git,
         "explanation": plan["explanation"],
     }
     publish_metrics(spec.name, metrics)
