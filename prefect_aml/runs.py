@@ -313,11 +313,33 @@ class PipelineRun:
                 client.set_flow_run_state(fr.id, Cancelling(), force=True)
 
     # -- steps
-    def get_steps(self) -> list[StepRun]:
+    def _task_runs(self) -> list:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         with _client() as client:
-            trs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(self.id)])))
+            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(self.id)])))
+
+    def _recorded_steps(self) -> set[str]:
+        from prefect_aml.tasks.reuse import read_json
+        from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX
+
+        store = self._default_store()
+        fs = store.filesystem()
+        base = fs._strip_protocol(store.full_path(f"{RUNS_PREFIX}/{self.id}")).rstrip("/")
+        steps = {p[len(base) + 1:].split("/")[0] for p in fs.glob(f"{base}/*/record.json")}
+        return steps | set(read_json(store, f"{RUNS_PREFIX}/{self.id}/{REUSED_FILE}") or {})
+
+    def get_steps(self) -> list[StepRun]:
+        trs = self._task_runs()
+        if self.get_status() in TERMINAL:
+            # task-run states reach the server as events, a moment after the flow run ends: wait until
+            # every step with a record on the datastore shows its final state
+            expected = self._recorded_steps()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not expected <= {
+                    t.name for t in trs if t.state is not None and t.state.is_final()}:
+                time.sleep(0.3)
+                trs = self._task_runs()
         trs = sorted(trs, key=lambda t: (t.start_time or t.expected_start_time or t.created))
         return [StepRun(self, tr) for tr in trs]
 
@@ -388,11 +410,14 @@ class StepRun:
 
     def _load_record(self) -> dict:
         from prefect_aml.tasks.reuse import read_json
-        from prefect_aml.tasks.step import RUNS_PREFIX
+        from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX
 
         if self._record is None or self._record.get("status") not in TERMINAL:
             store = self.pipeline_run._default_store()
-            self._record = read_json(store, f"{RUNS_PREFIX}/{self.pipeline_run.id}/{self.name}/record.json") or {}
+            base = f"{RUNS_PREFIX}/{self.pipeline_run.id}"
+            self._record = read_json(store, f"{base}/{self.name}/record.json")
+            if self._record is None:  # reused steps are recorded together
+                self._record = (read_json(store, f"{base}/{REUSED_FILE}") or {}).get(self.name, {})
         return self._record
 
     @property

@@ -21,33 +21,37 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_aml.exceptions import StepFailedError
 from prefect_aml.tasks.reuse import (
+    REUSE_PREFIX,
     AmlResultStorage,
     StepCachePolicy,
     lock_manager_for,
     plan_pipeline,
     read_json,
+    write_json,
 )
-from prefect_aml.tasks.step import StepContext, publish_metrics, run_dir, run_step
+from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX, StepContext, publish_metrics, run_step
 
 FLOW_NAME = "aml-pipeline"
 
 
-def _record_reuse(sc: StepContext, ctx: dict, name: str, plan: dict, result: dict, task_run_id: str, logger) -> None:
+def _reuse_record(ctx: dict, name: str, plan: dict, result: dict, task_run_id: str, logger) -> dict:
     """A reused step's record in this run: the producing run's metrics and outputs, and a link to it."""
-    from prefect_aml.tasks.reuse import REUSE_PREFIX, write_json
-
-    store = sc.default_store
-    earlier = read_json(store, f"{REUSE_PREFIX}/{plan['key']}.json") or {}
-    record = {**earlier, "reused": True, "status": "Finished", "task_run_id": task_run_id,
-              "pipeline_run_id": ctx["run_id"], "reused_from": result.get("task_run_id"),
-              "reused_from_pipeline_run": result.get("pipeline_run_id"), "outputs": result["outputs"],
-              "explanation": plan["explanation"]}
-    write_json(store, f"{run_dir(ctx, name)}/record.json", record)
+    earlier = plan.get("record") or {}
     ui = ctx.get("ui_url")
     link = f" ({ui}/runs/task-run/{result.get('task_run_id')})" if ui else ""
     logger.info(f"Step {name!r} reused the outputs of task run {result.get('task_run_id')}{link} "
                 f"from pipeline run {result.get('pipeline_run_id')}.")
-    publish_metrics(name, earlier.get("metrics", {}))
+    return {**earlier, "reused": True, "status": "Finished", "task_run_id": task_run_id,
+            "pipeline_run_id": ctx["run_id"], "reused_from": result.get("task_run_id"),
+            "reused_from_pipeline_run": result.get("pipeline_run_id"), "outputs": result["outputs"],
+            "explanation": plan["explanation"]}
+
+
+def _known_result(plan: dict) -> dict:
+    """What a step the plan will reuse returns: its earlier outputs (known before it is dispatched)."""
+    rec = plan["record"]
+    return {"step": rec["step"], "key": plan["key"], "out_key": rec.get("out_key", plan["key"]),
+            "outputs": rec["outputs"], "task_run_id": rec["task_run_id"], "pipeline_run_id": rec["pipeline_run_id"]}
 
 
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=32), persist_result=False,
@@ -74,39 +78,74 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
     policy = StepCachePolicy().configure(
         lock_manager=lock_manager_for(sc.default_store, ws.home, ws.redis_url), isolation_level="SERIALIZABLE")
 
+    # configured once per run (with_options costs ~20 ms); the task run is named after its step.
+    # Planned hits skip the lock: the plan has just seen their record (at worst a step runs twice).
+    reusable = run_step.with_options(name="aml-step", task_run_name="{step[name]}", cache_policy=policy,
+                                     result_storage=storage, refresh_cache=regenerate_outputs)
+    tasks = {"run": reusable, "hit": reusable.with_options(cache_policy=StepCachePolicy()),
+             "always": reusable.with_options(persist_result=False)}
+
     sorter = TopologicalSorter({s.name: s.upstream() for s in pipeline.steps})
     sorter.prepare()
     results: dict[str, dict] = {}
     failed: dict[str, str] = {}
     skipped: list[str] = []
     in_flight: dict[Any, str] = {}
+    eager: dict[str, Any] = {}  # reused steps dispatched without waiting: name -> future
+    reused: dict[str, dict] = {}  # their records, written once at the end
+
+    def settle(name: str, future) -> None:
+        try:
+            results[name] = future.result()
+        except Exception as err:  # the step's own error, with its stderr tail
+            failed[name] = str(err)
+            results.pop(name, None)
+        else:
+            if future.state.name == "Cached":
+                if "record" not in plans[name]:  # a hit the plan did not foresee (another run just made it)
+                    plans[name]["record"] = read_json(sc.default_store, f"{REUSE_PREFIX}/{plans[name]['key']}.json")
+                reused[name] = _reuse_record(ctx, name, plans[name], results[name], str(future.task_run_id), logger)
+
     while sorter.is_active():
         for name in sorter.get_ready():
             step = pipeline.step(name)
-            blocked = [u for u in step.upstream() if u in failed or u in skipped]
+            ups = step.upstream()
+            known = plans[name].get("will_reuse") and all(u in eager for u in ups)
+            if not known:  # a step that may run needs its upstream steps' actual results
+                for u in ups:
+                    if u in eager and u not in results and u not in failed:
+                        settle(u, eager[u])
+            blocked = [u for u in ups if u in failed or u in skipped]
             if blocked or (failed and not continue_on_step_failure):
                 logger.warning(f"Step {name!r} does not run: " + (
                     f"upstream step(s) {blocked} did not finish" if blocked else "an earlier step failed"))
                 skipped.append(name)
                 sorter.done(name)
                 continue
-            task = run_step.with_options(name=name, task_run_name=name, cache_policy=policy, result_storage=storage,
-                                         refresh_cache=regenerate_outputs, persist_result=step.allow_reuse)
-            future = task.submit(step.model_dump(), plans[name], ctx,
-                                 {u: results[u] for u in step.upstream() if u in results})
-            in_flight[future] = name
+            task = tasks["always" if not step.allow_reuse else "hit" if plans[name].get("will_reuse") else "run"]
+            upstream = {u: (_known_result(plans[u]) if known else results[u]) for u in ups}
+            plan = plans[name]
+            if plan.get("will_reuse"):  # a hit needs only its key: keep the task's inputs small
+                plan = {k: plan[k] for k in ("key", "out_key", "outputs", "explanation", "will_reuse")}
+            future = task.submit(step.model_dump(), plan, ctx, upstream)
+            if known:  # a hit resolved by the plan: its downstream hits need not wait for it
+                eager[name] = future
+                sorter.done(name)
+            else:
+                in_flight[future] = name
         if not in_flight:
             continue
         future = next(as_completed(list(in_flight)))
         name = in_flight.pop(future)
-        try:
-            results[name] = future.result()
-        except Exception as err:  # the step's own error, with its stderr tail
-            failed[name] = str(err)
-        else:
-            if future.state.name == "Cached":
-                _record_reuse(sc, ctx, name, plans[name], results[name], str(future.task_run_id), logger)
+        settle(name, future)
         sorter.done(name)
+    for name, future in eager.items():
+        if name not in results and name not in failed:
+            settle(name, future)
+    if reused:
+        write_json(sc.default_store, f"{RUNS_PREFIX}/{run_id}/{REUSED_FILE}", reused)
+        for name, record in reused.items():
+            publish_metrics(name, record.get("metrics", {}))
     if failed:
         first = next(iter(failed))
         raise StepFailedError(

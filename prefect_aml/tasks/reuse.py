@@ -317,7 +317,7 @@ def plan_pipeline(spec: PipelineSpec, ctx: dict, stores) -> dict[str, dict]:
             cached = record is not None and reason is None and default.filesystem().exists(
                 default.full_path(f"{CACHE_PREFIX}/{key}"))
             if cached:
-                plan.update(will_reuse=True, reused_from=record["task_run_id"],
+                plan.update(will_reuse=True, reused_from=record["task_run_id"], record=record,
                             explanation=f"will reuse run {record['task_run_id']} "
                                         f"(pipeline run {record['pipeline_run_id']})")
             else:
@@ -337,6 +337,8 @@ class StepCachePolicy(CachePolicy):
         plan, step = inputs["plan"], inputs["step"]
         if not step.get("allow_reuse", True):
             return None
+        if plan.get("will_reuse"):
+            return plan["key"]  # validated by the plan a moment ago: no second round of reads
         sc = StepContext(inputs["ctx"])
         record = read_json(sc.default_store, f"{REUSE_PREFIX}/{plan['key']}.json")
         if record is None or invalid_reason(record, sc.store) is not None:

@@ -31,6 +31,7 @@ from prefect_aml.pipeline.spec import ArgSpec, StepSpec
 from prefect_aml.tasks.reuse import REUSE_PREFIX, last_record_path, write_json
 
 RUNS_PREFIX = "azureml/runs"
+REUSED_FILE = "reused.json"  # per pipeline run: the records of its reused steps
 STDERR_TAIL_LINES = 30
 
 # step subprocesses of this process, so a cancelled pipeline can stop them
@@ -266,7 +267,7 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         "task_run_id": task_run_id, "pipeline_run_id": ctx["run_id"], "snapshot_id": spec.snapshot_id,
         "metrics": metrics, "tags": json.loads(tags_file.read_text()) if tags_file.exists() else {},
         "started": started.isoformat(), "log": {"datastore": store.name, "path": f"{rdir}/std_log.txt"},
-        "exit_code": code, "components": plan["components"], "source_files": plan["source_files"], "git": spec.git,
+        "exit_code": code, "components": plan.get("components"), "source_files": plan.get("source_files"), "git": spec.git,
         "explanation": plan["explanation"],
     }
     publish_metrics(spec.name, metrics)
