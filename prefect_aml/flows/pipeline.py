@@ -58,7 +58,7 @@ def _known_result(plan: dict) -> dict:
       validate_parameters=False)
 def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspace: dict, default_datastore: str,
                  regenerate_outputs: bool = False, continue_on_step_failure: bool = False) -> dict[str, Any]:
-    from prefect_aml.runs import load_spec
+    from prefect_aml.flows.submit import load_spec
     from prefect_aml.workspace import Workspace
 
     logger = get_run_logger()

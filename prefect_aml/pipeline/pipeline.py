@@ -303,7 +303,7 @@ class Pipeline:
     def explain_reuse(self, pipeline_parameters: dict | None = None, regenerate_outputs: bool = False,
                       show_output: bool = True) -> dict[str, str]:
         """Whether each step would be reused or run if submitted now, and why (runs nothing)."""
-        from prefect_aml.runs import explain_reuse
+        from prefect_aml.flows.submit import explain_reuse
 
         explanations = explain_reuse(self, pipeline_parameters, regenerate_outputs)
         if show_output:

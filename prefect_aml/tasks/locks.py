@@ -36,7 +36,7 @@ def _holder_is_dead(holder: str | None) -> bool:
 
 
 class _Leases:
-    """Renews the leases this process holds, every third of `LEASE_S`, in one daemon thread."""
+    """Takes each lock as a lease and renews the ones this process holds, every third of `LEASE_S`."""
 
     def _init_leases(self) -> None:
         self._held: dict[str, str] = {}
@@ -53,6 +53,16 @@ class _Leases:
     def _drop(self, key: str) -> None:
         with self._held_lock:
             self._held.pop(key, None)
+
+    def acquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
+        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout or LEASE_S)
+        if acquired:
+            self._hold(key, holder)
+        return acquired
+
+    def release_lock(self, key, holder) -> None:
+        self._drop(key)
+        super().release_lock(key, holder)
 
     def _renew_loop(self) -> None:
         while True:
@@ -75,16 +85,6 @@ class LeasedFileLockManager(_Leases, FileSystemLockManager):
     def __init__(self, lock_files_directory: Path):
         super().__init__(lock_files_directory)
         self._init_leases()
-
-    def acquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
-        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout or LEASE_S)
-        if acquired:
-            self._hold(key, holder)
-        return acquired
-
-    def release_lock(self, key, holder) -> None:
-        self._drop(key)
-        super().release_lock(key, holder)
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         try:
@@ -117,16 +117,6 @@ def redis_lock_manager(url: str):
         def __init__(self, connection_url: str):
             super().__init__(connection_url=connection_url)
             self._init_leases()
-
-        def acquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
-            acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout or LEASE_S)
-            if acquired:
-                self._hold(key, holder)
-            return acquired
-
-        def release_lock(self, key, holder) -> None:
-            self._drop(key)
-            super().release_lock(key, holder)
 
         def _renew(self, key: str, holder: str) -> None:
             lock = self._locks.get(self._lock_name_for_key(key))

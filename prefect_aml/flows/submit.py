@@ -1,0 +1,131 @@
+"""Submitting a pipeline: validate, snapshot the sources, store the spec, create the flow run, start it.
+
+`Experiment.submit` lands here. Everything is checked and written before the flow run exists; the
+run itself happens in a background runner process (`prefect_aml.flows.runner`), so submit returns
+at once. `explain_reuse` plans the same way without creating anything.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prefect_aml.datastore import Datastore
+from prefect_aml.exceptions import UserErrorException
+
+if TYPE_CHECKING:
+    from prefect_aml.runs import Experiment, PipelineRun
+
+SPECS_PREFIX = "azureml/specs"
+
+
+def prepare_sources(spec, store, home: Path) -> None:
+    """Snapshot each source directory once and record its hash (all files, or those in hash_paths)."""
+    from prefect_aml.tasks.snapshots import ensure_snapshot, git_info, select, snapshot_id
+
+    done: dict[str, tuple[str, dict]] = {}
+    for step in spec.steps:
+        if not step.source_directory:
+            continue
+        if step.source_directory not in done:
+            done[step.source_directory] = ensure_snapshot(store, step.source_directory, home / "hash-cache")
+        sid, hashes = done[step.source_directory]
+        step.snapshot_id = sid
+        step.source_hash = "paths-" + snapshot_id(select(hashes, step.hash_paths)) if step.hash_paths else sid
+        step.git = git_info(step.source_directory)
+
+
+def store_spec(store, spec) -> str:
+    """Write the spec once per content on `store` (`azureml/specs/<hash>.json`); returns its path."""
+    import hashlib
+
+    from prefect_aml.tasks.reuse import write_bytes
+
+    data = spec.model_dump_json().encode()
+    path = f"{SPECS_PREFIX}/{hashlib.sha256(data).hexdigest()[:40]}.json"
+    if not store.filesystem().exists(store.full_path(path)):
+        write_bytes(store, path, data)
+    return path
+
+
+def load_spec(store, path: str):
+    from prefect_aml.pipeline.spec import PipelineSpec
+    from prefect_aml.tasks.reuse import read_json
+
+    data = read_json(store, path)
+    if data is None:
+        raise UserErrorException(f"The pipeline spec {path!r} is missing from datastore {store.name!r}.")
+    return PipelineSpec.model_validate(data)
+
+
+def _plan(spec, values, store, ws, run_id: str, regenerate_outputs: bool) -> dict[str, dict]:
+    from prefect_aml.tasks.reuse import plan_pipeline
+
+    stores: dict[str | None, Any] = {None: store, store.name: store}
+
+    def get(name):
+        if name not in stores:
+            stores[name] = Datastore.get(ws, name)
+        return stores[name]
+
+    ctx = {"run_id": run_id, "parameters": values, "regenerate_outputs": regenerate_outputs}
+    return plan_pipeline(spec, ctx, get)
+
+
+def explain_reuse(pipeline, pipeline_parameters: dict | None = None, regenerate_outputs: bool = False) -> dict:
+    """For each step, whether a submit now would reuse it or run it, and why; nothing is run or written."""
+
+    ws = pipeline.workspace
+    spec = pipeline._build_spec()
+    values = pipeline._resolve_parameters(pipeline._closure(), pipeline_parameters)
+    ws._activate()
+    store = Datastore.get(ws, spec.default_datastore) if spec.default_datastore else ws.get_default_datastore()
+    prepare_sources(spec, store, ws.home)
+    plans = _plan(spec, values, store, ws, "explain0", regenerate_outputs)
+    return {name: plan["explanation"] for name, plan in plans.items()}
+
+
+def submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags, regenerate_outputs,
+                     continue_on_step_failure, show_plan: bool = True) -> PipelineRun:
+    from prefect_aml.flows.pipeline import aml_pipeline
+    from prefect_aml.runs import EXPERIMENT_TAG, PipelineRun, _client
+
+    ws = experiment.workspace
+    spec = pipeline._build_spec()  # validates: nothing has been written yet
+    values = pipeline._resolve_parameters(pipeline._closure(), pipeline_parameters)
+    ws._activate()
+    store = Datastore.get(ws, spec.default_datastore) if spec.default_datastore else ws.get_default_datastore()
+    for name in {s.datastore for step in spec.steps for s in step.outputs if s.datastore}:
+        Datastore.get(ws, name)  # every output datastore must exist before the run starts
+    prepare_sources(spec, store, ws.home)
+    workspace = {"workspace_name": ws.name, "subscription_id": ws.subscription_id,
+                 "resource_group": ws.resource_group, "home": str(ws.home), "redis_url": ws.redis_url}
+    user_tags = [f"{k}:{v}" if v not in (None, "") else str(k) for k, v in tags.items()]
+    spec_path = store_spec(store, spec)  # flow-run parameters are size-limited: the spec lives on the datastore
+    with _client() as client:
+        flow_run = client.create_flow_run(
+            aml_pipeline,
+            parameters={"spec_path": spec_path, "parameters": values, "experiment_name": experiment.name,
+                        "workspace": workspace, "default_datastore": store.name,
+                        "regenerate_outputs": regenerate_outputs,
+                        "continue_on_step_failure": continue_on_step_failure},
+            tags=[EXPERIMENT_TAG + experiment.name, "aml-pipeline", *user_tags],
+        )
+    _start_runner(ws, str(flow_run.id))
+    if show_plan:  # the runner needs a moment to start; meanwhile say what will run and why
+        print(f"Submitted pipeline run {flow_run.id} (experiment {experiment.name!r}):")
+        for name, plan in _plan(spec, values, store, ws, str(flow_run.id), regenerate_outputs).items():
+            print(f"  step {name}: {plan['explanation']}")
+    return PipelineRun(experiment, str(flow_run.id), _flow_run=flow_run)
+
+
+def _start_runner(ws, flow_run_id: str) -> None:
+    logs = ws.home / "runs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{flow_run_id}.log", "ab") as out:
+        subprocess.Popen([sys.executable, "-m", "prefect_aml.flows.runner", flow_run_id], stdout=out,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                         env=dict(os.environ))
