@@ -15,6 +15,7 @@ from prefect_aml.blocks.datastores import (
     LocalDatastore,
     S3Datastore,
 )
+from prefect_aml.dataset import Dataset, FileDataset, TabularDataset
 from prefect_aml.datastore import Datastore
 from prefect_aml.exceptions import (
     ActivityFailedException,
@@ -49,7 +50,7 @@ VERSION = __version__
 __all__ = [
     "VERSION", "ActivityFailedException", "AzureBlobDatastore", "AzureDataLakeGen2Datastore", "AzureMLException",
     "CircularDependencyError", "CommandStep", "ComputeTargetException", "DataPath", "DataPathComputeBinding",
-    "DataReference", "Datastore", "DatastoreException", "Experiment", "LocalDatastore", "OutputFileDatasetConfig",
+    "DataReference", "Dataset", "Datastore", "FileDataset", "TabularDataset", "DatastoreException", "Experiment", "LocalDatastore", "OutputFileDatasetConfig",
     "OutputNotUniqueError", "Pipeline", "PipelineData", "PipelineParameter", "PipelineRun", "PipelineValidationError",
     "PythonScriptStep", "Run", "S3Datastore", "StepFailedError", "StepRun", "StepSequence", "UserErrorException",
     "Workspace", "WorkspaceException",

@@ -428,7 +428,20 @@ class Run:
     # -- what a script reads
     @property
     def input_datasets(self) -> dict[str, Any]:
-        return dict(self._ctx["input_datasets"]) if self._ctx else {}
+        """Each named input: a local path, or for `as_named_input` without a mode, the dataset itself."""
+        if not self._ctx:
+            return {}
+        out: dict[str, Any] = {}
+        for name, value in self._ctx["input_datasets"].items():
+            if isinstance(value, dict) and "dataset" in value:
+                from prefect_aml.dataset import _Dataset
+                from prefect_aml.datastore import Datastore
+
+                ws = self.experiment.workspace
+                default = self._ctx["default_datastore"]
+                value = _Dataset._from_definition(value["dataset"], lambda n, ws=ws, d=default: Datastore.get(ws, n or d))
+            out[name] = value
+        return out
 
     @property
     def output_datasets(self) -> dict[str, str]:

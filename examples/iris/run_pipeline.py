@@ -8,7 +8,7 @@ import argparse
 import os
 
 from prefect_aml import (
-    DataPath,
+    Dataset,
     Datastore,
     Experiment,
     OutputFileDatasetConfig,
@@ -29,13 +29,14 @@ def upload_data(ws) -> None:
 def build(ws):
     """The pipeline (`prefect-aml explain examples/iris/run_pipeline.py:build` explains its reuse)."""
     def_blob_store = Datastore(ws, "workspaceblobstore")
-    iris = DataPath(def_blob_store, "train-dataset/iris.csv")
+    iris_tabular_dataset = Dataset.Tabular.from_delimited_files([(def_blob_store, "train-dataset/iris.csv")])
+    ds_input = iris_tabular_dataset.as_named_input("input1")
 
     output_data1 = OutputFileDatasetConfig()
     data_prep_step = PythonScriptStep(
         script_name="prepare.py",
         source_directory=os.path.join(HERE, "dataprep_src"),
-        arguments=["--input", iris.as_download(), "--output", output_data1],
+        arguments=["--input", ds_input.as_download(), "--output", output_data1],
         allow_reuse=True,
     )
 

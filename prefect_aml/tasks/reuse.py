@@ -155,6 +155,17 @@ def fingerprint(store, path: str) -> dict:
     return {"files": len(items), "digest": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:24]}
 
 
+def dataset_fingerprint(definition: dict, stores) -> dict:
+    """Identity of the files a dataset definition matches: each file's datastore, path, size and ETag."""
+    from prefect_aml.dataset import _Dataset
+
+    items = []
+    for store, rel in _Dataset._from_definition(definition, stores)._files():
+        info = fingerprint(store, rel)
+        items.append([store.name, rel, info["digest"]])
+    return {"files": len(items), "digest": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:24]}
+
+
 def _arg_identity(a: ArgSpec, params: dict) -> Any:
     if a.kind == "param":
         return {"param": a.name, "value": params[a.name]}
@@ -287,6 +298,10 @@ def plan_pipeline(spec: PipelineSpec, ctx: dict, stores) -> dict[str, dict]:
             if src["type"] == "step_output":
                 up = plans[src["step"]]
                 inputs[inp.name] = {"upstream": src["step"], "key": up["out_key"], "output": src["output"]}
+                continue
+            if src["type"] == "dataset":
+                inputs[inp.name] = {"dataset": {k: src[k] for k in ("kind", "paths", "options", "ops")},
+                                    "fingerprint": dataset_fingerprint(src, stores)}
                 continue
             if src["type"] == "param":
                 src = params[src["name"]]

@@ -168,6 +168,12 @@ def run_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict]) -> di
     inputs = {}
     for inp in spec.inputs:
         src = inp.source
+        if src["type"] == "dataset":
+            from prefect_aml.dataset import _Dataset
+
+            inputs[inp.name] = {"dataset": _Dataset._from_definition(src, sc.store), "definition": src,
+                                "mode": inp.mode}
+            continue
         if src["type"] == "step_output":
             out = upstream[src["step"]]["outputs"][src["output"]]
             ds, path = out["datastore"], out["path"]
@@ -193,8 +199,15 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         from prefect_aml.workspace import Workspace
 
         restore_snapshot(sc.default_store, spec.snapshot_id, src, Workspace(**ctx["workspace"]).home / "snapshots")
-    local_inputs = {name: _materialise(i["store"], i["path"], work / "inputs" / name, i["mode"], logger)
-                    for name, i in inputs.items()}
+    local_inputs: dict[str, Any] = {}
+    for name, i in inputs.items():
+        if "dataset" not in i:
+            local_inputs[name] = _materialise(i["store"], i["path"], work / "inputs" / name, i["mode"], logger)
+        elif i["mode"] == "direct":  # the script gets the dataset itself from Run.get_context().input_datasets
+            local_inputs[name] = {"dataset": {k: i["definition"][k] for k in ("kind", "paths", "options", "ops")}}
+        else:
+            paths = i["dataset"].download(work / "inputs" / name, overwrite=True)
+            local_inputs[name] = paths[0] if len(paths) == 1 else str(work / "inputs" / name)
     local_outputs = {}
     for name in plan["outputs"]:
         d = work / "outputs" / name
@@ -208,7 +221,8 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         if a.kind == "param":
             return str(params[a.name])
         if a.kind == "input":
-            return local_inputs[a.name]
+            value = local_inputs[a.name]
+            return a.name if isinstance(value, dict) else value  # a direct dataset is passed by its name
         return local_outputs[a.name]
 
     ctx_dir = work / "run"
