@@ -54,6 +54,7 @@ class _Dataset:
         self.description: str | None = None
         self.tags: dict = {}
         self._resolver = None  # name -> datastore, set when a pipeline run hands the dataset over
+        self._id: str | None = None
 
     # -- definition
     def _derive(self, op: list) -> _Dataset:
@@ -77,6 +78,49 @@ class _Dataset:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(paths={self._paths!r})"
+
+    # -- the registry
+    @property
+    def id(self) -> str | None:
+        return self._id
+
+    def _fingerprint(self) -> dict:
+        from prefect_aml.tasks.reuse import dataset_fingerprint
+
+        return dataset_fingerprint(self._definition(), self._store)
+
+    def register(self, workspace, name: str, description: str | None = None, tags: dict | None = None,
+                 create_new_version: bool = False) -> _Dataset:
+        """Register this definition under `name`: version 1, or a new version when the definition or data changed."""
+        from datetime import UTC, datetime
+
+        from prefect_aml.blocks.datasets import DatasetVersion, version_block_name
+
+        if not isinstance(name, str) or not name.strip():
+            raise UserErrorException(f"Dataset name {name!r} is not valid: give a non-empty string.")
+        versions = _versions(workspace, name)
+        fingerprint = self._fingerprint()
+        if versions:
+            latest = versions[-1]
+            if latest.definition == self._definition() and latest.fingerprint == fingerprint:
+                return _from_block(latest, workspace)  # unchanged definition over unchanged data: no new version
+            if not create_new_version:
+                raise UserErrorException(
+                    f"Dataset {name!r} is already registered (latest version {latest.version}); pass "
+                    "create_new_version=True to add a version, or register under another name."
+                )
+        version = versions[-1].version + 1 if versions else 1
+        block = DatasetVersion(dataset_name=name, version=version, definition=self._definition(),
+                               fingerprint=fingerprint, description=description,
+                               tags={str(k): str(v) for k, v in (tags or {}).items()},
+                               registered=datetime.now(UTC).isoformat())
+        workspace._activate()
+        try:
+            block.save(version_block_name(name, version), overwrite=False)  # versions are immutable
+        except ValueError as err:
+            raise UserErrorException(f"Dataset {name!r} version {version} was registered at the same time by "
+                                     f"another client; register again. ({err})") from None
+        return _from_block(block, workspace)
 
     # -- consumption in a pipeline
     def as_named_input(self, name: str) -> InputPort:
@@ -200,6 +244,41 @@ class TabularDataset(_Dataset):
         return df.reset_index(drop=True)
 
 
+def _versions(workspace, name: str) -> list:
+    """Every registered version of `name`, oldest first."""
+    return [b for b in _all_versions(workspace) if b.dataset_name == name]
+
+
+def _all_versions(workspace) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    from prefect_aml.blocks.datasets import DatasetVersion
+
+    workspace._activate()
+    with get_client(sync_client=True) as client:
+        try:
+            docs = client.read_block_documents_by_type(DatasetVersion.get_block_type_slug())
+        except (ObjectNotFound, PrefectHTTPStatusError) as err:
+            if getattr(getattr(err, "response", None), "status_code", 404) != 404:
+                raise
+            return []
+    blocks = [DatasetVersion._from_block_document(d) for d in docs]
+    return sorted(blocks, key=lambda b: (b.dataset_name, b.version))
+
+
+def _from_block(block, workspace) -> _Dataset:
+    from prefect_aml.datastore import Datastore
+
+    def resolve(name):
+        return Datastore.get(workspace, name) if name else workspace.get_default_datastore()
+
+    ds = _Dataset._from_definition(block.definition, resolve)
+    ds.name, ds.version, ds.description, ds.tags = block.dataset_name, block.version, block.description, block.tags
+    ds._id = str(block._block_document_id) if block._block_document_id else None
+    return ds
+
+
 class _FileFactory:
     @staticmethod
     def from_files(path, validate: bool = True, partition_format: str | None = None) -> FileDataset:
@@ -233,7 +312,41 @@ class _TabularFactory:
 
 
 class Dataset:
-    """Azure ML's `Dataset`: `Dataset.File.from_files(...)`, `Dataset.Tabular.from_delimited_files(...)`."""
+    """Azure ML's `Dataset`: `Dataset.File.from_files(...)`, `Dataset.Tabular.from_delimited_files(...)`,
+    and the registry (`get_by_name`, `get_by_id`, `get_all`)."""
 
     File = _FileFactory
     Tabular = _TabularFactory
+
+    @staticmethod
+    def get_by_name(workspace, name: str, version: int | str = "latest") -> _Dataset:
+        import difflib
+
+        versions = _versions(workspace, name)
+        if not versions:
+            known = sorted({b.dataset_name for b in _all_versions(workspace)})
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else f" Registered datasets: {known}."
+            raise UserErrorException(f"Dataset {name!r} is not registered.{hint}")
+        if version == "latest":
+            return _from_block(versions[-1], workspace)
+        for b in versions:
+            if b.version == int(version):
+                return _from_block(b, workspace)
+        raise UserErrorException(f"Dataset {name!r} has no version {version}; versions: "
+                                 f"{[b.version for b in versions]}.")
+
+    @staticmethod
+    def get_by_id(workspace, id: str) -> _Dataset:
+        for b in _all_versions(workspace):
+            if str(b._block_document_id) == str(id):
+                return _from_block(b, workspace)
+        raise UserErrorException(f"No registered dataset version has id {id!r}.")
+
+    @staticmethod
+    def get_all(workspace) -> dict[str, _Dataset]:
+        """The latest version of every registered dataset, by name."""
+        latest: dict[str, Any] = {}
+        for b in _all_versions(workspace):
+            latest[b.dataset_name] = b
+        return {n: _from_block(b, workspace) for n, b in latest.items()}

@@ -92,3 +92,29 @@ def test_steps_consume_datasets(ws, table_on, tmp):
     pd.DataFrame({"a": [10], "b": ["w"]}).to_csv(tmp / "p2.csv", index=False)
     store.upload_files([str(tmp / "p2.csv")], target_path=prefix, overwrite=True, show_progress=False)
     assert "input table changed" in Pipeline(ws, [step]).explain_reuse(show_output=False)["use.py"]
+
+
+def test_registry_versions_pin_definition_and_data(ws, table_on, tmp):
+    store, prefix = table_on
+    name = f"table_{uuid.uuid4().hex[:6]}"
+    ds = Dataset.Tabular.from_delimited_files([(store, f"{prefix}/*.csv")])
+    v1 = ds.register(ws, name, description="two parts", tags={"team": "ml"})
+    assert (v1.name, v1.version, v1.tags) == (name, 1, {"team": "ml"})
+    # unchanged definition over unchanged data: no new version
+    assert ds.register(ws, name).version == 1
+    # changed data: an existing name needs create_new_version=True
+    pd.DataFrame({"a": [6], "b": ["t"]}).to_csv(tmp / "p3.csv", index=False)
+    store.upload_files([str(tmp / "p3.csv")], target_path=prefix, overwrite=True, show_progress=False)
+    with pytest.raises(UserErrorException, match="already registered.*create_new_version=True"):
+        ds.register(ws, name)
+    v2 = ds.register(ws, name, create_new_version=True)
+    assert v2.version == 2
+    latest = Dataset.get_by_name(ws, name)
+    assert latest.version == 2 and latest.to_pandas_dataframe()["a"].sum() == 21
+    assert Dataset.get_by_name(ws, name, version=1).description == "two parts"
+    assert Dataset.get_by_id(ws, v1.id).version == 1
+    assert Dataset.get_all(ws)[name].version == 2
+    with pytest.raises(UserErrorException, match="not registered.*Did you mean"):
+        Dataset.get_by_name(ws, name + "x")
+    with pytest.raises(UserErrorException, match="has no version 7"):
+        Dataset.get_by_name(ws, name, version=7)
