@@ -251,19 +251,13 @@ def _versions(workspace, name: str) -> list:
 
 def _all_versions(workspace) -> list:
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
+    from prefect_aml.blocks import saved_blocks
     from prefect_aml.blocks.datasets import DatasetVersion
 
     workspace._activate()
     with get_client(sync_client=True) as client:
-        try:
-            docs = client.read_block_documents_by_type(DatasetVersion.get_block_type_slug())
-        except (ObjectNotFound, PrefectHTTPStatusError) as err:
-            if getattr(getattr(err, "response", None), "status_code", 404) != 404:
-                raise
-            return []
-    blocks = [DatasetVersion._from_block_document(d) for d in docs]
+        blocks = saved_blocks(client, DatasetVersion)
     return sorted(blocks, key=lambda b: (b.dataset_name, b.version))
 
 

@@ -28,20 +28,14 @@ if TYPE_CHECKING:
 
 def _list_datastores(workspace: Workspace) -> list[DatastoreBlock]:
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    from prefect_aml.blocks import saved_blocks
 
     workspace._activate()
     found: list[DatastoreBlock] = []
     with get_client(sync_client=True) as client:
         for block_cls in DATASTORE_BLOCK_TYPES:
-            try:
-                docs = client.read_block_documents_by_type(block_cls.get_block_type_slug())
-            except (ObjectNotFound, PrefectHTTPStatusError) as err:
-                if getattr(getattr(err, "response", None), "status_code", 404) != 404:
-                    raise
-                continue  # the type is not registered yet: no datastores of it
-            for doc in docs:
-                block = block_cls._from_block_document(doc)
+            for block in saved_blocks(client, block_cls):
                 block._workspace = workspace
                 found.append(block)
     return sorted(found, key=lambda b: b.datastore_name)
