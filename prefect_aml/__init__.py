@@ -15,13 +15,14 @@ from prefect_aml.blocks.datastores import (
     LocalDatastore,
     S3Datastore,
 )
-from prefect_aml.dataset import Dataset, FileDataset, TabularDataset
+from prefect_aml.dataset import Dataset, FileDataset, MountContext, TabularDataset
 from prefect_aml.datastore import Datastore
 from prefect_aml.exceptions import (
     ActivityFailedException,
     AzureMLException,
     CircularDependencyError,
     ComputeTargetException,
+    DatasetChangedError,
     DatastoreException,
     OutputNotUniqueError,
     PipelineValidationError,
@@ -35,6 +36,7 @@ from prefect_aml.pipeline import (
     DataPathComputeBinding,
     DataReference,
     OutputFileDatasetConfig,
+    OutputTabularDatasetConfig,
     Pipeline,
     PipelineData,
     PipelineParameter,
@@ -50,8 +52,9 @@ VERSION = __version__
 __all__ = [
     "VERSION", "ActivityFailedException", "AzureBlobDatastore", "AzureDataLakeGen2Datastore", "AzureMLException",
     "CircularDependencyError", "CommandStep", "ComputeTargetException", "DataPath", "DataPathComputeBinding",
-    "DataReference", "Dataset", "Datastore", "FileDataset", "TabularDataset", "DatastoreException", "Experiment", "LocalDatastore", "OutputFileDatasetConfig",
-    "OutputNotUniqueError", "Pipeline", "PipelineData", "PipelineParameter", "PipelineRun", "PipelineValidationError",
-    "PythonScriptStep", "Run", "S3Datastore", "StepFailedError", "StepRun", "StepSequence", "UserErrorException",
-    "Workspace", "WorkspaceException",
+    "DataReference", "Dataset", "DatasetChangedError", "Datastore", "DatastoreException", "Experiment",
+    "FileDataset", "LocalDatastore", "MountContext", "OutputFileDatasetConfig", "OutputNotUniqueError",
+    "OutputTabularDatasetConfig", "Pipeline", "PipelineData", "PipelineParameter", "PipelineRun",
+    "PipelineValidationError", "PythonScriptStep", "Run", "S3Datastore", "StepFailedError", "StepRun",
+    "StepSequence", "TabularDataset", "UserErrorException", "Workspace", "WorkspaceException",
 ]

@@ -41,3 +41,7 @@ class StepFailedError(AzureMLException):
 
 class ActivityFailedException(AzureMLException):
     """A run ended in a failed or canceled state while it was waited on."""
+
+
+class DatasetChangedError(UserErrorException):
+    """The files behind a registered dataset version changed since it was registered."""

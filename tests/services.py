@@ -74,18 +74,28 @@ class PrefectServer:
         self.pg_url = pg_url
         self.db = f"prefect_aml_test_{uuid.uuid4().hex[:10]}"
         psql(pg_url, f"CREATE DATABASE {self.db}")
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}/api"
+        self.state = state
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self._start()
+
+    def _start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
         env.update(
-            PREFECT_HOME=str(state / "prefect-server"),
-            PREFECT_API_DATABASE_CONNECTION_URL=f"{pg_url.replace('postgresql://', 'postgresql+asyncpg://')}/{self.db}",
+            PREFECT_HOME=str(self.state / "prefect-server"),
+            PREFECT_API_DATABASE_CONNECTION_URL=(
+                f"{self.pg_url.replace('postgresql://', 'postgresql+asyncpg://')}/{self.db}"),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_UI_ENABLED="false",
         )
-        self.service = Service("prefect-server", state, [sys.executable, "-m", "prefect", "server", "start", "--host",
-                                                         "127.0.0.1", "--port", str(port)],
+        argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.service = Service(f"prefect-server-{self.port}", self.state, argv,
                                lambda: http_ok(f"{self.url}/health"), env=env, timeout=180)
+
+    def restart(self) -> None:
+        """Stop the server process and start a new one on the same database and port."""
+        self.service.stop()
+        self._start()
 
     def stop(self) -> None:
         self.service.stop()

@@ -47,6 +47,22 @@ def _reuse_record(ctx: dict, name: str, plan: dict, result: dict, task_run_id: s
             "explanation": plan["explanation"]}
 
 
+def _register_outputs(step, result: dict, ws, logger) -> None:
+    """Register the outputs a step asked for (`register_on_complete`): a new version when their data changed."""
+    from prefect_aml.dataset import output_dataset
+    from prefect_aml.datastore import Datastore
+
+    for out in step.outputs:
+        reg = out.register_as
+        if not reg:
+            continue
+        loc = result["outputs"][out.name]
+        dataset = output_dataset(Datastore.get(ws, loc["datastore"]), loc["path"], reg.get("tabular"))
+        version = dataset.register(ws, reg["name"], description=reg.get("description"), tags=reg.get("tags"),
+                                   create_new_version=True)
+        logger.info(f"Step {step.name!r}: output {out.name!r} is dataset {reg['name']!r} version {version.version}")
+
+
 def _known_result(plan: dict) -> dict:
     """What a step the plan will reuse returns: its earlier outputs (known before it is dispatched)."""
     rec = plan["record"]
@@ -101,6 +117,10 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
             failed[name] = str(err)
             results.pop(name, None)
         else:
+            try:
+                _register_outputs(pipeline.step(name), results[name], ws, logger)
+            except Exception as err:  # the data is there, but the run did not do all it was asked
+                failed[name] = f"Step {name!r} finished but registering its output failed: {err}"
             if future.state.name == "Cached":
                 if "record" not in plans[name]:  # a hit the plan did not foresee (another run just made it)
                     plans[name]["record"] = read_json(sc.default_store, f"{REUSE_PREFIX}/{plans[name]['key']}.json")

@@ -61,9 +61,7 @@ def load_spec(store, path: str):
     return PipelineSpec.model_validate(data)
 
 
-def _plan(spec, values, store, ws, run_id: str, regenerate_outputs: bool) -> dict[str, dict]:
-    from prefect_aml.tasks.reuse import plan_pipeline
-
+def _store_getter(store, ws):
     stores: dict[str | None, Any] = {None: store, store.name: store}
 
     def get(name):
@@ -71,8 +69,25 @@ def _plan(spec, values, store, ws, run_id: str, regenerate_outputs: bool) -> dic
             stores[name] = Datastore.get(ws, name)
         return stores[name]
 
+    return get
+
+
+def _plan(spec, values, store, ws, run_id: str, regenerate_outputs: bool) -> dict[str, dict]:
+    from prefect_aml.tasks.reuse import plan_pipeline
+
     ctx = {"run_id": run_id, "parameters": values, "regenerate_outputs": regenerate_outputs}
-    return plan_pipeline(spec, ctx, get)
+    return plan_pipeline(spec, ctx, _store_getter(store, ws))
+
+
+def check_registered_inputs(spec, store, ws) -> None:
+    """A registered dataset version whose files changed fails the submit, before a run exists."""
+    from prefect_aml.tasks.reuse import dataset_fingerprint
+
+    get = _store_getter(store, ws)
+    for step in spec.steps:
+        for inp in step.inputs:
+            if inp.source.get("type") == "dataset" and inp.source.get("pin"):
+                dataset_fingerprint(inp.source, get)
 
 
 def explain_reuse(pipeline, pipeline_parameters: dict | None = None, regenerate_outputs: bool = False) -> dict:
@@ -100,6 +115,7 @@ def submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags,
     store = Datastore.get(ws, spec.default_datastore) if spec.default_datastore else ws.get_default_datastore()
     for name in {s.datastore for step in spec.steps for s in step.outputs if s.datastore}:
         Datastore.get(ws, name)  # every output datastore must exist before the run starts
+    check_registered_inputs(spec, store, ws)
     prepare_sources(spec, store, ws.home)
     workspace = {"workspace_name": ws.name, "subscription_id": ws.subscription_id,
                  "resource_group": ws.resource_group, "home": str(ws.home), "redis_url": ws.redis_url}

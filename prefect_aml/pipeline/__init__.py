@@ -6,6 +6,7 @@ from prefect_aml.pipeline.data import (
     DataReference,
     InputPort,
     OutputFileDatasetConfig,
+    OutputTabularDatasetConfig,
     PipelineData,
 )
 from prefect_aml.pipeline.params import PipelineParameter
@@ -15,6 +16,6 @@ from prefect_aml.pipeline.steps import CommandStep, PipelineStep, PythonScriptSt
 
 __all__ = [
     "CommandStep", "DataPath", "DataPathComputeBinding", "DataReference", "InputPort", "OutputFileDatasetConfig",
-    "Pipeline", "PipelineData", "PipelineParameter", "PipelineSpec", "PipelineStep", "PythonScriptStep",
-    "StepSequence", "StepSpec",
+    "OutputTabularDatasetConfig", "Pipeline", "PipelineData", "PipelineParameter", "PipelineSpec", "PipelineStep",
+    "PythonScriptStep", "StepSequence", "StepSpec",
 ]

@@ -90,22 +90,26 @@ class InputPort:
     """A data source consumed by a step, with its access mode (download, mount or direct)."""
 
     def __init__(self, source: Any, mode: str = "download", path_on_compute: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, tabular: dict | None = None):
         if mode not in ("download", "mount", "direct"):
             raise ValueError(f"Input mode {mode!r}: use 'download', 'mount' or 'direct'.")
         self.source = source
         self.mode = mode
         self.path_on_compute = path_on_compute
         self.name = name or getattr(source, "name", None)
+        self.tabular = tabular  # read options when a step output is consumed as a TabularDataset
 
     def as_download(self, path_on_compute: str | None = None) -> InputPort:
-        return InputPort(self.source, "download", path_on_compute, self.name)
+        return InputPort(self.source, "download", path_on_compute, self.name, self.tabular)
 
     def as_mount(self) -> InputPort:
-        return InputPort(self.source, "mount", None, self.name)
+        return InputPort(self.source, "mount", None, self.name, self.tabular)
 
     def as_named_input(self, name: str) -> InputPort:
-        return InputPort(self.source, self.mode, self.path_on_compute, name)
+        return InputPort(self.source, self.mode, self.path_on_compute, name, self.tabular)
+
+    def as_input(self, name: str | None = None) -> InputPort:
+        return self.as_named_input(name or self.name)
 
     @property
     def input_name(self) -> str | None:
@@ -200,8 +204,45 @@ class OutputFileDatasetConfig(_StepOutput):
         return self
 
     def register_on_complete(self, name: str, description: str | None = None, tags: dict | None = None):
+        """Register the output as a FileDataset version named `name` whenever the step succeeds."""
         self._register_as = {"name": name, "description": description, "tags": tags or {}}
         return self
 
+    def read_delimited_files(self, include_path: bool = False, separator: str = ",", header: bool = True,
+                             partition_format: str | None = None, path_glob: str | None = None,
+                             set_column_types=None) -> OutputTabularDatasetConfig:
+        """Consume this output as a TabularDataset of delimited files (the next step gets the dataset)."""
+        from prefect_aml.dataset import _tabular_options
+
+        return OutputTabularDatasetConfig(self, _tabular_options(
+            "delimited", include_path, set_column_types, partition_format, separator=separator,
+            header=bool(header), infer_column_types=True), path_glob)
+
+    def read_parquet_files(self, include_path: bool = False, partition_format: str | None = None,
+                           path_glob: str | None = None, set_column_types=None) -> OutputTabularDatasetConfig:
+        """Consume this output as a TabularDataset of parquet files (the next step gets the dataset)."""
+        from prefect_aml.dataset import _tabular_options
+
+        return OutputTabularDatasetConfig(self, _tabular_options(
+            "parquet", include_path, set_column_types, partition_format), path_glob)
+
     def __repr__(self) -> str:
         return f"OutputFileDatasetConfig(name={self.name!r}, datastore={self.datastore_name!r})"
+
+
+class OutputTabularDatasetConfig(InputPort):
+    """A step's output read as a table: `prepped.read_delimited_files().as_input("prepped")` gives the next
+    step `Run.get_context().input_datasets["prepped"]` as a TabularDataset over the output's files."""
+
+    def __init__(self, output: OutputFileDatasetConfig, options: dict, path_glob: str | None = None):
+        super().__init__(output, "direct", None, output.name, {**options, "path_glob": path_glob})
+        self._output = output
+
+    def register_on_complete(self, name: str, description: str | None = None, tags: dict | None = None):
+        """Register the output as a TabularDataset version named `name` whenever the step succeeds."""
+        self._output._register_as = {"name": name, "description": description, "tags": tags or {},
+                                     "tabular": self.tabular}
+        return self
+
+    def __repr__(self) -> str:
+        return f"OutputTabularDatasetConfig({self._output!r})"

@@ -224,6 +224,9 @@ class Pipeline:
                           "output": self._output_name(src)}
                 if not port:
                     mode = "mount" if isinstance(src, (OutputFileDatasetConfig, PipelineData)) else "download"
+                elif port.tabular is not None:  # read_delimited_files()/read_parquet_files(): a TabularDataset
+                    source["tabular"] = port.tabular
+                    mode = "direct"
             elif isinstance(src, PipelineParameter):
                 source = {"type": "param", "name": src.name}
             elif isinstance(src, DataPath):

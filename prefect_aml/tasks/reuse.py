@@ -156,14 +156,12 @@ def fingerprint(store, path: str) -> dict:
 
 
 def dataset_fingerprint(definition: dict, stores) -> dict:
-    """Identity of the files a dataset definition matches: each file's datastore, path, size and ETag."""
+    """Identity of the files a dataset definition matches (datastore, path, size, ETag or content hash).
+
+    A registered version whose files changed since it was registered fails here, before anything runs."""
     from prefect_aml.dataset import _Dataset
 
-    items = []
-    for store, rel in _Dataset._from_definition(definition, stores)._files():
-        info = fingerprint(store, rel)
-        items.append([store.name, rel, info["digest"]])
-    return {"files": len(items), "digest": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:24]}
+    return _Dataset._from_definition(definition, stores)._fingerprint(check=True)
 
 
 def _arg_identity(a: ArgSpec, params: dict) -> Any:
@@ -297,7 +295,8 @@ def plan_pipeline(spec: PipelineSpec, ctx: dict, stores) -> dict[str, dict]:
             src = inp.source
             if src["type"] == "step_output":
                 up = plans[src["step"]]
-                inputs[inp.name] = {"upstream": src["step"], "key": up["out_key"], "output": src["output"]}
+                inputs[inp.name] = {"upstream": src["step"], "key": up["out_key"], "output": src["output"],
+                                    **({"tabular": src["tabular"]} if src.get("tabular") else {})}
                 continue
             if src["type"] == "dataset":
                 inputs[inp.name] = {"dataset": {k: src[k] for k in ("kind", "paths", "options", "ops")},

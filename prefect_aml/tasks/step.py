@@ -177,6 +177,12 @@ def run_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict]) -> di
         if src["type"] == "step_output":
             out = upstream[src["step"]]["outputs"][src["output"]]
             ds, path = out["datastore"], out["path"]
+            if src.get("tabular") is not None:  # the output read as a TabularDataset
+                from prefect_aml.dataset import output_dataset
+
+                dataset = output_dataset(sc.store(ds), path, src["tabular"])
+                inputs[inp.name] = {"dataset": dataset, "definition": dataset._definition(), "mode": "direct"}
+                continue
         else:
             if src["type"] == "param":
                 src = ctx["parameters"][src["name"]]
@@ -204,7 +210,8 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         if "dataset" not in i:
             local_inputs[name] = _materialise(i["store"], i["path"], work / "inputs" / name, i["mode"], logger)
         elif i["mode"] == "direct":  # the script gets the dataset itself from Run.get_context().input_datasets
-            local_inputs[name] = {"dataset": {k: i["definition"][k] for k in ("kind", "paths", "options", "ops")}}
+            local_inputs[name] = {"dataset": {k: i["definition"][k] for k in ("kind", "paths", "options", "ops", "pin")
+                                              if k in i["definition"]}}
         else:
             paths = i["dataset"].download(work / "inputs" / name, overwrite=True)
             local_inputs[name] = paths[0] if len(paths) == 1 else str(work / "inputs" / name)

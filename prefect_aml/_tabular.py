@@ -1,0 +1,435 @@
+"""How a TabularDataset is read: pyarrow datasets over datastore files, lazy operations streamed in order.
+
+The definition's leading filters (and every column selection) are pushed into the pyarrow scan, so
+partition columns and parquet statistics prune files and row groups before anything is read;
+row operations (`take`, `skip`, samples, later filters) are applied batch by batch, and a `take`
+stops the scan as soon as it has its rows. Filter expressions are a small serialisable tree
+(`ds["a"] > 1`) so a registered version keeps them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from prefect_aml.exceptions import UserErrorException
+
+# -- filter expressions ---------------------------------------------------------------------------
+_CMP = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater", ">=": "greater_equal"}
+
+
+def _node(value: Any) -> list:
+    if isinstance(value, ColumnExpression):
+        return value._node
+    if isinstance(value, datetime):
+        return ["ts", value.isoformat()]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return ["lit", value]
+    if isinstance(value, np.generic):
+        return ["lit", value.item()]
+    raise UserErrorException(f"Filter value {value!r} is not supported: use numbers, strings, booleans or datetimes.")
+
+
+class ColumnExpression:
+    """A lazy condition over dataset columns: `ds["age"] > 30`, `(ds["a"] == 1) | ds["b"].starts_with("x")`."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, node: list):
+        self._node = node
+
+    def _cmp(self, op: str, other: Any) -> ColumnExpression:
+        return ColumnExpression(["cmp", op, self._node, _node(other)])
+
+    def __eq__(self, other):  # type: ignore[override]
+        return self._cmp("==", other)
+
+    def __ne__(self, other):  # type: ignore[override]
+        return self._cmp("!=", other)
+
+    def __lt__(self, other):
+        return self._cmp("<", other)
+
+    def __le__(self, other):
+        return self._cmp("<=", other)
+
+    def __gt__(self, other):
+        return self._cmp(">", other)
+
+    def __ge__(self, other):
+        return self._cmp(">=", other)
+
+    def __and__(self, other):
+        return ColumnExpression(["and", self._node, _node(other)])
+
+    def __or__(self, other):
+        return ColumnExpression(["or", self._node, _node(other)])
+
+    def __invert__(self):
+        return ColumnExpression(["not", self._node])
+
+    def __bool__(self):
+        raise UserErrorException("A dataset condition has no truth value: combine conditions with & | ~ "
+                                 "(not and/or/not), e.g. ds.filter((ds['a'] > 1) & (ds['b'] == 'x')).")
+
+    def isin(self, values) -> ColumnExpression:
+        return ColumnExpression(["isin", self._node, [_node(v) for v in values]])
+
+    def starts_with(self, prefix: str) -> ColumnExpression:
+        return ColumnExpression(["str", "starts_with", self._node, str(prefix)])
+
+    def ends_with(self, suffix: str) -> ColumnExpression:
+        return ColumnExpression(["str", "ends_with", self._node, str(suffix)])
+
+    def contains(self, text: str) -> ColumnExpression:
+        return ColumnExpression(["str", "match_substring", self._node, str(text)])
+
+    def is_null(self) -> ColumnExpression:
+        return ColumnExpression(["null", self._node])
+
+    def __repr__(self) -> str:
+        return f"ColumnExpression({self._node!r})"
+
+
+def columns_of(node: list) -> set[str]:
+    if node[0] == "col":
+        return {node[1]}
+    out: set[str] = set()
+    for part in node[1:]:
+        if isinstance(part, list) and part and isinstance(part[0], str):
+            out |= columns_of(part)
+        elif isinstance(part, list):
+            for p in part:
+                if isinstance(p, list):
+                    out |= columns_of(p)
+    return out
+
+
+def compile_node(node: list) -> Any:
+    """The pyarrow expression (or literal) of a serialised condition."""
+    kind = node[0]
+    if kind == "col":
+        return pc.field(node[1])
+    if kind == "lit":
+        return node[1]
+    if kind == "ts":
+        return pa.scalar(datetime.fromisoformat(node[1]), pa.timestamp("us"))
+    if kind == "cmp":
+        left, right = compile_node(node[2]), compile_node(node[3])
+        if not isinstance(left, pc.Expression):
+            left = pc.scalar(left)
+        return getattr(pc, _CMP[node[1]])(left, right)
+    if kind == "and":
+        return compile_node(node[1]) & compile_node(node[2])
+    if kind == "or":
+        return compile_node(node[1]) | compile_node(node[2])
+    if kind == "not":
+        return ~compile_node(node[1])
+    if kind == "isin":
+        return compile_node(node[1]).isin([compile_node(v) for v in node[2]])
+    if kind == "str":
+        return getattr(pc, node[1])(compile_node(node[2]), pattern=node[3])
+    if kind == "null":
+        return compile_node(node[1]).is_null()
+    raise UserErrorException(f"Unknown condition {node!r} in a dataset definition.")
+
+
+# -- partition_format ------------------------------------------------------------------------------
+_DT = {"yyyy": (r"\d{4}", "%Y"), "MM": (r"\d{2}", "%m"), "dd": (r"\d{2}", "%d"), "HH": (r"\d{2}", "%H"),
+       "mm": (r"\d{2}", "%M"), "ss": (r"\d{2}", "%S")}
+
+
+def parse_partition_format(fmt: str) -> tuple[re.Pattern, dict[str, str | None]]:
+    """A regex matching the end of a file's path, and each column's strptime format (None: a string column).
+
+    `/{Department}/{PartitionDate:yyyy/MM/dd}/data.parquet` -> Department (string), PartitionDate (datetime).
+    """
+    columns: dict[str, str | None] = {}
+    pattern = ""
+    for part in re.split(r"(\{[^{}]*\})", fmt):
+        if part.startswith("{") and part.endswith("}"):
+            name, _, dt = part[1:-1].partition(":")
+            if not name.isidentifier() or name in columns:
+                raise UserErrorException(f"partition_format {fmt!r}: {{{name}}} is not a valid, unique column name.")
+            if dt:
+                sub, strp = "", ""
+                for tok in re.split(r"(yyyy|MM|dd|HH|mm|ss)", dt):
+                    sub += _DT[tok][0] if tok in _DT else re.escape(tok)
+                    strp += _DT[tok][1] if tok in _DT else tok.replace("%", "%%")
+                pattern += f"(?P<{name}>{sub})"
+                columns[name] = strp
+            else:
+                pattern += f"(?P<{name}>[^/]+)"
+                columns[name] = None
+        else:
+            pattern += ".*".join(re.escape(p) for p in part.split("**")).replace(r"\*", "[^/]*")
+    if not columns:
+        raise UserErrorException(f"partition_format {fmt!r} names no column: use e.g. '/{{year}}/{{month}}/*.parquet'.")
+    return re.compile(pattern + "$"), columns
+
+
+def partition_values(fmt: str, rel: str) -> dict[str, Any]:
+    regex, columns = parse_partition_format(fmt)
+    m = regex.search("/" + rel.lstrip("/"))
+    if not m:
+        raise UserErrorException(f"File {rel!r} does not match partition_format {fmt!r}: fix the format or the "
+                                 "dataset's path pattern so that every file matches.")
+    return {c: (datetime.strptime(m.group(c), f) if f else m.group(c)) for c, f in columns.items()}
+
+
+# -- the pyarrow dataset ---------------------------------------------------------------------------
+_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "string": pa.string(),
+          "bool": pa.bool_(), "boolean": pa.bool_(), "datetime": pa.timestamp("us"), "long": pa.int64(),
+          "double": pa.float64()}
+
+
+def type_name(t: Any) -> str:
+    """A column type given by the user (`int`, `"float"`, `str`, ...) as its name in a definition."""
+    if isinstance(t, type):
+        t = {int: "int", float: "float", str: "str", bool: "bool", datetime: "datetime"}.get(t, t.__name__)
+    t = str(t).lower()
+    if t not in _TYPES:
+        raise UserErrorException(f"Column type {t!r} is not supported: use one of {sorted(set(_TYPES))}.")
+    return t
+
+
+def _arrow_fs(store):
+    from prefect_aml.blocks.datastores import LocalDatastore
+
+    if isinstance(store, LocalDatastore):
+        return pa.fs.LocalFileSystem()
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(store.filesystem()))
+
+
+def _format(options: dict, names: list[str] | None = None):
+    if options.get("format") == "parquet":
+        return pads.ParquetFileFormat()
+    import pyarrow.csv as pacsv
+
+    read = pacsv.ReadOptions(column_names=names) if names and not options.get("header", True) else (
+        pacsv.ReadOptions(autogenerate_column_names=not options.get("header", True)))
+    types = {}
+    if names and not options.get("infer_column_types", True):
+        types = {n: pa.string() for n in names}
+    types.update({c: _TYPES[t] for c, t in (options.get("column_types") or {}).items()})
+    return pads.CsvFileFormat(read_options=read, parse_options=pacsv.ParseOptions(
+        delimiter=options.get("separator", ","), newlines_in_values=bool(options.get("support_multi_line"))),
+        convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=not options.get(
+            "empty_as_string", False)))
+
+
+def arrow_dataset(files: list[tuple[Any, str]], options: dict) -> pads.Dataset:
+    """One pyarrow dataset over the files, with partition and Path columns as partition expressions."""
+    groups: dict[str, tuple[Any, Any, list, list]] = {}
+    fmt_text = options.get("partition_format")
+    extra: dict[str, pa.DataType] = {}
+    if fmt_text:
+        extra.update({c: pa.timestamp("us") if f else pa.string()
+                      for c, f in parse_partition_format(fmt_text)[1].items()})
+    if options.get("include_path"):
+        extra["Path"] = pa.string()
+    for store, rel in files:
+        if store.name not in groups:
+            groups[store.name] = (store, _arrow_fs(store), [], [])
+        _, afs, paths, parts = groups[store.name]
+        fs = store.filesystem()
+        paths.append(fs._strip_protocol(store.full_path(rel)))
+        expr = pc.scalar(True)
+        values = partition_values(fmt_text, rel) if fmt_text else {}
+        if options.get("include_path"):
+            values["Path"] = rel
+        for c, v in values.items():
+            expr = expr & (pc.field(c) == pa.scalar(v, extra[c]))
+        parts.append(expr)
+    first_store, first_fs, first_paths, _ = next(iter(groups.values()))
+    fmt = _format(options)
+    names = None
+    if options.get("format") != "parquet" and (not options.get("header", True)
+                                               or not options.get("infer_column_types", True)):
+        names = fmt.inspect(first_paths[0], filesystem=first_fs).names
+        if not options.get("header", True):
+            names = [f"Column{i + 1}" for i in range(len(names))]
+        fmt = _format(options, names)
+    # the schema: the first few readable files of each datastore (a broken file in a partition that a
+    # filter excludes is never opened by the scan, so it must not stop the read here either)
+    schemas, errors = [], []
+    for store, afs, paths, _ in groups.values():
+        found = 0
+        for p in paths:
+            try:
+                schemas.append(fmt.inspect(p, filesystem=afs))
+            except (pa.ArrowInvalid, OSError) as err:
+                errors.append(f"{store.name}:{p}: {err}")
+                continue
+            found += 1
+            if found >= max(1, 8 // len(groups)):
+                break
+    if not schemas:
+        raise UserErrorException(f"No file of the dataset can be read as {options.get('format', 'delimited')}: "
+                                 f"{errors[0]}")
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    for c, t in extra.items():
+        if c in schema.names:
+            raise UserErrorException(f"Column {c!r} is both in the files and a partition/Path column: rename one.")
+        schema = schema.append(pa.field(c, t))
+    if options.get("format") == "parquet":
+        for c, t in (options.get("column_types") or {}).items():
+            if c in schema.names:
+                schema = schema.set(schema.get_field_index(c), pa.field(c, _TYPES[t]))
+    parts = [pads.FileSystemDataset.from_paths(paths, schema=schema, format=fmt, filesystem=afs, partitions=ex)
+             for _, afs, paths, ex in groups.values()]
+    return parts[0] if len(parts) == 1 else pads.dataset(parts)
+
+
+# -- lazy operations ------------------------------------------------------------------------------
+ROW_OPS = ("take", "skip", "sample", "split")
+
+
+def plan_ops(names: list[str], ops: list) -> tuple[list[str], list[str], Any, list]:
+    """(final columns, columns to read, filter pushed into the scan, operations applied per batch)."""
+    cols = list(names)
+    referenced: set[str] = set()
+    pushdown = None
+    row_ops: list = []
+    for op in ops:
+        kind = op[0]
+        if kind in ("keep", "drop"):
+            missing = [c for c in op[1] if c not in cols]
+            if missing:
+                raise UserErrorException(f"Columns {missing} are not in the dataset; its columns: {cols}.")
+            cols = [c for c in cols if c in op[1]] if kind == "keep" else [c for c in cols if c not in op[1]]
+        elif kind == "filter":
+            missing = sorted(columns_of(op[1]) - set(cols))
+            if missing:
+                raise UserErrorException(f"The filter names columns {missing} that are not in the dataset; "
+                                         f"its columns: {cols}.")
+            referenced |= columns_of(op[1])
+            expr = compile_node(op[1])
+            if any(o[0] in ROW_OPS for o in row_ops):
+                row_ops.append(["filter", expr])
+            else:
+                pushdown = expr if pushdown is None else pushdown & expr
+        elif kind in ROW_OPS:
+            row_ops.append(list(op))
+        else:
+            raise UserErrorException(f"Unknown dataset operation {kind!r}.")
+    needed = [c for c in names if c in cols or c in referenced]
+    return cols, needed, pushdown, row_ops
+
+
+def uniform(seed: int, index: np.ndarray) -> np.ndarray:
+    """A uniform [0, 1) number per row index, the same whatever the batch boundaries (splitmix64)."""
+    x = index.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def stream(dataset: pads.Dataset, ops: list, batch_size: int | None = None, lean: bool = False
+           ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The dataset's rows after the operations, batch by batch, in file order."""
+    cols, needed, pushdown, row_ops = plan_ops(dataset.schema.names, ops)
+    kwargs: dict[str, Any] = {"columns": needed, "filter": pushdown}
+    if batch_size:
+        kwargs["batch_size"] = batch_size
+    if lean:  # flat memory: one file and a couple of batches in flight
+        kwargs.update(fragment_readahead=1, batch_readahead=2)
+    schema = pa.schema([dataset.schema.field(c) for c in cols])
+
+    def gen() -> Iterator[pa.RecordBatch]:
+        state = [0] * len(row_ops)
+        for batch in dataset.scanner(**kwargs).to_batches():
+            done = False
+            for i, op in enumerate(row_ops):
+                kind = op[0]
+                if kind == "filter":
+                    batch = batch.filter(op[1])
+                elif kind == "take":
+                    batch = batch.slice(0, max(0, op[1] - state[i]))
+                    state[i] += batch.num_rows
+                    done = done or state[i] >= op[1]
+                elif kind == "skip":
+                    drop = min(batch.num_rows, max(0, op[1] - state[i]))
+                    state[i] += drop
+                    batch = batch.slice(drop)
+                else:  # sample / split: a row is in by a seeded number of its position here
+                    u = uniform(op[2], np.arange(state[i], state[i] + batch.num_rows))
+                    state[i] += batch.num_rows
+                    mask = u < op[1] if kind == "sample" or op[3] == 0 else u >= op[1]
+                    batch = batch.filter(pa.array(mask))
+            if batch.num_rows:
+                yield batch.select(cols)
+            if done:
+                return
+
+    return schema, gen()
+
+
+def read_table(dataset: pads.Dataset, ops: list) -> pa.Table:
+    """The whole result as one table; the common shapes take pyarrow's multi-threaded paths."""
+    cols, needed, pushdown, row_ops = plan_ops(dataset.schema.names, ops)
+    if not row_ops:
+        return dataset.to_table(columns=needed, filter=pushdown).select(cols)
+    if len(row_ops) == 1 and row_ops[0][0] == "take":
+        return dataset.head(row_ops[0][1], columns=needed, filter=pushdown).select(cols)
+    schema, batches = stream(dataset, ops)
+    return pa.Table.from_batches(list(batches), schema=schema)
+
+
+# -- profile ---------------------------------------------------------------------------------------
+DISTINCT_LIMIT = 10_000
+
+
+def profile(schema: pa.Schema, batches: Iterator[pa.RecordBatch]):
+    """Per-column summary statistics in one pass (flat memory): type, count, missing, distinct, min, max,
+    mean, std. Returns a pandas DataFrame with one column per dataset column."""
+    import pandas as pd
+
+    stats = {f.name: {"type": str(f.type), "count": 0, "missing": 0, "min": None, "max": None,
+                      "sum": 0.0, "sumsq": 0.0, "distinct": set()} for f in schema}
+    rows = 0
+    for batch in batches:
+        rows += batch.num_rows
+        for f, col in zip(schema, batch.columns, strict=True):
+            s = stats[f.name]
+            s["missing"] += col.null_count
+            s["count"] += len(col) - col.null_count
+            if len(col) == col.null_count:
+                continue
+            if pa.types.is_nested(f.type):
+                continue
+            mm = pc.min_max(col)
+            lo, hi = mm["min"].as_py(), mm["max"].as_py()
+            s["min"] = lo if s["min"] is None else min(s["min"], lo)
+            s["max"] = hi if s["max"] is None else max(s["max"], hi)
+            if pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
+                as_float = pc.cast(col, pa.float64())
+                s["sum"] += pc.sum(as_float).as_py() or 0.0
+                s["sumsq"] += pc.sum(pc.multiply(as_float, as_float)).as_py() or 0.0
+            if s["distinct"] is not None:
+                s["distinct"].update(pc.unique(col).to_pylist())
+                s["distinct"].discard(None)
+                if len(s["distinct"]) > DISTINCT_LIMIT:
+                    s["distinct"] = None
+    table = {}
+    for name, s in stats.items():
+        numeric = s["type"].startswith(("int", "uint", "float", "double"))
+        n = s["count"]
+        mean = s["sum"] / n if numeric and n else None
+        std = float(np.sqrt(max(0.0, (s["sumsq"] - n * mean * mean) / (n - 1)))) if numeric and n > 1 else None
+        table[name] = {"type": s["type"], "count": n, "missing": s["missing"],
+                       "distinct": len(s["distinct"]) if s["distinct"] is not None else f">{DISTINCT_LIMIT}",
+                       "min": s["min"], "max": s["max"], "mean": mean, "std": std}
+    df = pd.DataFrame(table, dtype=object)
+    df.attrs["rows"] = rows
+    return df
