@@ -261,7 +261,7 @@ class _Dataset:
         return out
 
     def _fingerprint_items(self, check: bool = False) -> list:
-        return [[s.name, rel, info.get("size"), tag] for s, rel, info, tag in self._scan(check=check)]
+        return [[s.name, rel, info.get("size"), tag] for s, rel, info, tag in self._scan(check=check, tags=True)]
 
     def register(self, workspace, name: str, description: str | None = None, tags: dict | None = None,
                  create_new_version: bool = False) -> _Dataset:
@@ -319,10 +319,12 @@ class _Dataset:
                 self._stores[name] = Datastore.get(ws, name) if name else ws.get_default_datastore()
         return self._stores[name]
 
-    def _scan(self, check: bool = True) -> list[tuple[Any, str, dict, str]]:
+    def _scan(self, check: bool = True, tags: bool = False) -> list[tuple[Any, str, dict, str | None]]:
         """(datastore, path relative to its root, info, tag) of every file the definition matches, sorted.
 
-        For a registered version, `check` compares the files with those it was registered over."""
+        For a registered version, `check` compares the files with those it was registered over; tags
+        (ETag, or a content hash for small local files) are computed only for that or when asked."""
+        tags = tags or bool(check and self._pin)
         found = []
         for ds_name, pattern in self._paths:
             store = self._store(ds_name)
@@ -331,7 +333,7 @@ class _Dataset:
             root = fs._strip_protocol(store.root()).rstrip("/")
             full = fs._strip_protocol(store.full_path(pattern)) if pattern else root
             for p, info in sorted(_listing(fs, full, pattern).items()):
-                found.append((store, posixpath.relpath(p, root), info, _file_tag(local, p, info)))
+                found.append((store, posixpath.relpath(p, root), info, _file_tag(local, p, info) if tags else None))
         if check and self._pin:
             items = [[s.name, rel, info.get("size"), tag] for s, rel, info, tag in found]
             if _digest(items) != self._pin["digest"]:

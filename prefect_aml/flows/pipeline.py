@@ -2,8 +2,9 @@
 
 First every step is planned (its reuse key and why it will run or be reused); then steps are
 submitted as their upstream steps finish. Independent steps run at the same time (a thread pool;
-each step is its own subprocess); a reused step is a task run in state Cached that never enters
-its body. When a step fails, no new step starts unless `continue_on_step_failure`, in which case
+each step is its own subprocess). A reused step is a task run in state Cached that never enters its
+body: when the plan has resolved the hit, the task run is recorded at once (the state events
+Prefect's engine would emit); otherwise the task's cache policy decides. When a step fails, no new step starts unless `continue_on_step_failure`, in which case
 every step that does not depend on the failed one still runs; the pipeline run fails either way.
 """
 
@@ -63,6 +64,36 @@ def _register_outputs(step, result: dict, ws, logger) -> None:
         logger.info(f"Step {step.name!r}: output {out.name!r} is dataset {reg['name']!r} version {version.version}")
 
 
+def _record_hit(task, step_name: str, plan: dict) -> str:
+    """Record a step the plan reuses as a task run in state Cached, without entering the task engine.
+
+    Prefect records task runs from the state events its engine emits (client-side orchestration);
+    these are the same events (Pending -> Running -> Cached), emitted directly: no cache lookup, no
+    result read, no thread. Returns the new task run's id."""
+    from prefect.states import Completed, Running
+    from prefect.task_engine import _create_task_run_locally
+    from prefect.utilities.engine import emit_task_run_state_change_event
+
+    tr = _create_task_run_locally(task=task)
+    tr.name = step_name
+    last_state = tr.state
+    event = emit_task_run_state_change_event(task_run=tr, initial_state=None, validated_state=last_state)
+    rec = plan["record"]
+    for state in (Running(), Completed(name="Cached", message=f"Reused task run {rec['task_run_id']} of pipeline "
+                                                              f"run {rec['pipeline_run_id']}")):
+        state.state_details.task_run_id, state.state_details.flow_run_id = tr.id, tr.flow_run_id
+        if state.is_running():
+            tr.start_time, tr.run_count = state.timestamp, 1
+        else:
+            state.state_details.cache_key = plan["key"]
+            tr.end_time = state.timestamp
+        tr.state, tr.state_id, tr.state_type, tr.state_name = state, state.id, state.type, state.name
+        event = emit_task_run_state_change_event(task_run=tr, initial_state=last_state, validated_state=state,
+                                                 follows=event)
+        last_state = state
+    return str(tr.id)
+
+
 def _known_result(plan: dict) -> dict:
     """What a step the plan will reuse returns: its earlier outputs (known before it is dispatched)."""
     rec = plan["record"]
@@ -107,8 +138,14 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
     failed: dict[str, str] = {}
     skipped: list[str] = []
     in_flight: dict[Any, str] = {}
-    eager: dict[str, Any] = {}  # reused steps dispatched without waiting: name -> future
+    recorded: set[str] = set()  # hits the plan resolved, recorded as Cached task runs without dispatch
     reused: dict[str, dict] = {}  # their records, written once at the end
+
+    def registered(name: str) -> None:
+        try:
+            _register_outputs(pipeline.step(name), results[name], ws, logger)
+        except Exception as err:  # the data is there, but the run did not do all it was asked
+            failed[name] = f"Step {name!r} finished but registering its output failed: {err}"
 
     def settle(name: str, future) -> None:
         try:
@@ -117,10 +154,7 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
             failed[name] = str(err)
             results.pop(name, None)
         else:
-            try:
-                _register_outputs(pipeline.step(name), results[name], ws, logger)
-            except Exception as err:  # the data is there, but the run did not do all it was asked
-                failed[name] = f"Step {name!r} finished but registering its output failed: {err}"
+            registered(name)
             if future.state.name == "Cached":
                 if "record" not in plans[name]:  # a hit the plan did not foresee (another run just made it)
                     plans[name]["record"] = read_json(sc.default_store, f"{REUSE_PREFIX}/{plans[name]['key']}.json")
@@ -130,11 +164,7 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
         for name in sorter.get_ready():
             step = pipeline.step(name)
             ups = step.upstream()
-            known = plans[name].get("will_reuse") and all(u in eager for u in ups)
-            if not known:  # a step that may run needs its upstream steps' actual results
-                for u in ups:
-                    if u in eager and u not in results and u not in failed:
-                        settle(u, eager[u])
+            known = plans[name].get("will_reuse") and all(u in recorded for u in ups)
             blocked = [u for u in ups if u in failed or u in skipped]
             if blocked or (failed and not continue_on_step_failure):
                 logger.warning(f"Step {name!r} does not run: " + (
@@ -143,25 +173,25 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                 sorter.done(name)
                 continue
             task = tasks["always" if not step.allow_reuse else "hit" if plans[name].get("will_reuse") else "run"]
-            upstream = {u: (_known_result(plans[u]) if known else results[u]) for u in ups}
+            if known:  # a hit resolved by the plan: a Cached task run at once, nothing dispatched
+                results[name] = _known_result(plans[name])
+                task_run_id = _record_hit(task, name, plans[name])
+                reused[name] = _reuse_record(ctx, name, plans[name], results[name], task_run_id, logger)
+                registered(name)
+                recorded.add(name)
+                sorter.done(name)
+                continue
+            upstream = {u: results[u] for u in ups}
             plan = plans[name]
             if plan.get("will_reuse"):  # a hit needs only its key: keep the task's inputs small
                 plan = {k: plan[k] for k in ("key", "out_key", "outputs", "explanation", "will_reuse")}
-            future = task.submit(step.model_dump(), plan, ctx, upstream)
-            if known:  # a hit resolved by the plan: its downstream hits need not wait for it
-                eager[name] = future
-                sorter.done(name)
-            else:
-                in_flight[future] = name
+            in_flight[task.submit(step.model_dump(), plan, ctx, upstream)] = name
         if not in_flight:
             continue
         future = next(as_completed(list(in_flight)))
         name = in_flight.pop(future)
         settle(name, future)
         sorter.done(name)
-    for name, future in eager.items():
-        if name not in results and name not in failed:
-            settle(name, future)
     if reused:
         write_json(sc.default_store, f"{RUNS_PREFIX}/{run_id}/{REUSED_FILE}", reused)
         for name, record in reused.items():
