@@ -335,6 +335,11 @@ def uniform(seed: int, index: np.ndarray) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
+def _parquet(dataset: pads.Dataset) -> bool:
+    return isinstance(getattr(dataset, "format", None), pads.ParquetFileFormat) or any(
+        isinstance(getattr(c, "format", None), pads.ParquetFileFormat) for c in getattr(dataset, "children", []))
+
+
 def stream(dataset: pads.Dataset, ops: list, batch_size: int | None = None, lean: bool = False
            ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The dataset's rows after the operations, batch by batch, in file order."""
@@ -342,42 +347,80 @@ def stream(dataset: pads.Dataset, ops: list, batch_size: int | None = None, lean
     kwargs: dict[str, Any] = {"columns": needed, "filter": pushdown}
     if batch_size:
         kwargs["batch_size"] = batch_size
-    if lean:  # flat memory: one file and a couple of batches in flight
+    if lean:  # flat memory: one file and a couple of batches in flight, parquet pages read as decoded
         kwargs.update(fragment_readahead=1, batch_readahead=2)
+        if _parquet(dataset):
+            kwargs["fragment_scan_options"] = pads.ParquetFragmentScanOptions(pre_buffer=False)
     schema = pa.schema([dataset.schema.field(c) for c in cols])
+    return schema, _apply(dataset.scanner(**kwargs).to_batches(), row_ops, cols)
 
-    def gen() -> Iterator[pa.RecordBatch]:
-        state = [0] * len(row_ops)
-        for batch in dataset.scanner(**kwargs).to_batches():
-            done = False
-            for i, op in enumerate(row_ops):
-                kind = op[0]
-                if kind == "filter":
-                    batch = batch.filter(op[1])
-                elif kind == "take":
-                    batch = batch.slice(0, max(0, op[1] - state[i]))
-                    state[i] += batch.num_rows
-                    done = done or state[i] >= op[1]
-                elif kind == "skip":
-                    drop = min(batch.num_rows, max(0, op[1] - state[i]))
-                    state[i] += drop
-                    batch = batch.slice(drop)
-                else:  # sample / split: a row is in by a seeded number of its position here
-                    u = uniform(op[2], np.arange(state[i], state[i] + batch.num_rows))
-                    state[i] += batch.num_rows
-                    mask = u < op[1] if kind == "sample" or op[3] == 0 else u >= op[1]
-                    batch = batch.filter(pa.array(mask))
-            if batch.num_rows:
-                yield batch.select(cols)
-            if done:
-                return
 
-    return schema, gen()
+def _apply(batches: Iterator[pa.RecordBatch], row_ops: list, cols: list[str]) -> Iterator[pa.RecordBatch]:
+    """Row operations in order over a stream of batches; a `take` ends the stream once it has its rows."""
+    state = [0] * len(row_ops)
+    for batch in batches:
+        done = False
+        for i, op in enumerate(row_ops):
+            kind = op[0]
+            if kind == "filter":
+                batch = batch.filter(op[1])
+            elif kind == "take":
+                batch = batch.slice(0, max(0, op[1] - state[i]))
+                state[i] += batch.num_rows
+                done = done or state[i] >= op[1]
+            elif kind == "skip":
+                drop = min(batch.num_rows, max(0, op[1] - state[i]))
+                state[i] += drop
+                batch = batch.slice(drop)
+            else:  # sample / split: a row is in by a seeded number of its position here
+                u = uniform(op[2], np.arange(state[i], state[i] + batch.num_rows))
+                state[i] += batch.num_rows
+                mask = u < op[1] if kind == "sample" or op[3] == 0 else u >= op[1]
+                batch = batch.filter(pa.array(mask))
+        if batch.num_rows:
+            yield batch.select(cols)
+        if done:
+            return
+
+
+def _read_delimited(dataset: pads.Dataset, needed: list[str], pushdown) -> pa.Table:
+    """Whole delimited files through pyarrow's multi-threaded CSV reader (a dataset scan of CSV is
+    slower), one file at a time; files whose partition values cannot match are skipped."""
+    import pyarrow.csv as pacsv
+
+    parts = dataset.children if isinstance(dataset, pads.UnionDataset) else [dataset]
+    tables = []
+    for part in parts:
+        fmt = part.format
+        for fragment in part.get_fragments(filter=pushdown):
+            keys = pads.get_partition_keys(fragment.partition_expression)
+            own = [c for c in needed if c not in keys]
+            convert = fmt.default_fragment_scan_options.convert_options
+            types = {c: dataset.schema.field(c).type for c in own}
+            opts = pacsv.ConvertOptions(column_types=types, include_columns=own,
+                                        strings_can_be_null=convert.strings_can_be_null)
+            with fragment.filesystem.open_input_stream(fragment.path) as f:
+                table = pacsv.read_csv(f, read_options=fmt.default_fragment_scan_options.read_options,
+                                       parse_options=fmt.parse_options, convert_options=opts)
+            for c in needed:
+                if c in keys:
+                    table = table.append_column(dataset.schema.field(c), pa.repeat(
+                        pa.scalar(keys[c], dataset.schema.field(c).type), table.num_rows))
+            tables.append(table.select(needed))
+    schema = pa.schema([dataset.schema.field(c) for c in needed])
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    return table.filter(pushdown) if pushdown is not None else table
 
 
 def read_table(dataset: pads.Dataset, ops: list) -> pa.Table:
     """The whole result as one table; the common shapes take pyarrow's multi-threaded paths."""
     cols, needed, pushdown, row_ops = plan_ops(dataset.schema.names, ops)
+    if not _parquet(dataset):
+        table = _read_delimited(dataset, needed, pushdown)
+        if row_ops:
+            table = pa.Table.from_batches(list(_apply(iter(table.to_batches()), row_ops, needed)),
+                                          schema=table.schema)
+        return table.select(cols)
     if not row_ops:
         return dataset.to_table(columns=needed, filter=pushdown).select(cols)
     if len(row_ops) == 1 and row_ops[0][0] == "take":

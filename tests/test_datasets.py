@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import uuid
@@ -324,3 +325,31 @@ def test_pipeline_consumes_a_version_and_registers_its_outputs(ws, table_on, tmp
         exp.submit(build())
     assert len(list(exp.get_runs())) == before
     assert raw.version == 1
+
+
+def test_profile_in_a_run_is_a_table_artifact(ws, tmp):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from prefect_aml import Datastore
+
+    store = Datastore.register_local(ws, f"profile_{uuid.uuid4().hex[:6]}", str(tmp / "store"))
+    (tmp / "d").mkdir()
+    pd.DataFrame({"a": [1, 2, None], "b": ["x", "y", "y"]}).to_csv(tmp / "d" / "t.csv", index=False)
+    store.upload(str(tmp / "d"), target_path="d", show_progress=False)
+    name = f"prof_{uuid.uuid4().hex[:6]}"
+    ds = Dataset.Tabular.from_delimited_files((store, "d/t.csv")).register(ws, name)
+
+    @flow
+    def profile_it():
+        return ds.get_profile()
+
+    profile = profile_it()
+    assert profile["a"]["missing"] == 1 and profile["b"]["distinct"] == 2
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[
+            f"profile-{name.replace('_', '-')}"])))
+    assert arts and arts[0].type == "table"
+    rows = json.loads(arts[0].data) if isinstance(arts[0].data, str) else arts[0].data
+    assert any(r["column"] == "a" and r["missing"] == 1 for r in rows)
