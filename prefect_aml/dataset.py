@@ -6,9 +6,9 @@
 
 A definition names datastores and glob patterns plus read options and lazy operations; nothing is
 read until asked (`to_pandas_dataframe`, `to_batches`, `download`, `mount`, `to_path`). Tabular
-reads go through `pyarrow.dataset` (see `_tabular`). In a pipeline, `as_named_input(name)` hands the
-step the dataset itself (`Run.get_context().input_datasets[name]`), `.as_download()` / `.as_mount()`
-a local path; the files' fingerprints are part of the step's reuse key.
+reads go through `pyarrow.dataset` (`_tabular`; conditions in `_expr`). In a pipeline,
+`as_named_input(name)` hands the step the dataset itself (`Run.get_context().input_datasets[name]`),
+`.as_download()` / `.as_mount()` a local path; the files' fingerprints are part of the step's reuse key.
 
 A registered version pins its data: it keeps a fingerprint of every file it matched (path, size,
 ETag or content hash). Reading a version whose files changed since it was registered fails with
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect_aml import _tabular
+from prefect_aml import _expr
 from prefect_aml.exceptions import DatasetChangedError, UserErrorException
 from prefect_aml.pipeline.data import DataPath, InputPort, datastore_name
 
@@ -425,11 +425,11 @@ class TabularDataset(_Dataset):
 
     _kind = "tabular"
 
-    def __getitem__(self, column: str) -> _tabular.ColumnExpression:
+    def __getitem__(self, column: str) -> _expr.ColumnExpression:
         """A column, for conditions: `ds.filter(ds["age"] > 30)`."""
         if not isinstance(column, str):
             raise UserErrorException(f"Index a dataset by a column name, e.g. ds['age']; got {column!r}.")
-        return _tabular.ColumnExpression(["col", column])
+        return _expr.ColumnExpression(["col", column])
 
     def take(self, count: int) -> TabularDataset:
         return self._derive(["take", int(count)])
@@ -443,9 +443,9 @@ class TabularDataset(_Dataset):
     def drop_columns(self, columns) -> TabularDataset:
         return self._derive(["drop", [columns] if isinstance(columns, str) else list(columns)])
 
-    def filter(self, expression: _tabular.ColumnExpression) -> TabularDataset:
+    def filter(self, expression: _expr.ColumnExpression) -> TabularDataset:
         """Rows where `expression` holds, e.g. `ds.filter((ds["a"] > 1) & ds["b"].starts_with("x"))`."""
-        if not isinstance(expression, _tabular.ColumnExpression):
+        if not isinstance(expression, _expr.ColumnExpression):
             raise UserErrorException(f"filter() takes a condition built from columns, e.g. ds.filter(ds['a'] > 1); "
                                      f"got {expression!r}.")
         return self._derive(["filter", expression._node])
@@ -477,18 +477,26 @@ class TabularDataset(_Dataset):
         files = self._files()
         if not files:
             raise UserErrorException(f"{self!r} matches no files; check the paths and patterns.")
+        from prefect_aml import _tabular
+
         return _tabular.arrow_dataset(files, self._options)
 
     def to_pandas_dataframe(self):
         """Read the table (pyarrow, multi-threaded, reading only the columns and files needed)."""
+        from prefect_aml import _tabular
+
         return _tabular.read_table(self._arrow(), self._ops).to_pandas()
 
     def to_batches(self, batch_size: int | None = None) -> Iterator:
         """The rows as a stream of `pyarrow.RecordBatch` (`.to_pandas()` each), for tables larger than memory."""
+        from prefect_aml import _tabular
+
         return _tabular.stream(self._arrow(), self._ops, batch_size=batch_size, lean=True)[1]
 
     def get_profile(self):
         """Per-column summary statistics (one streaming pass); a table artifact when computed in a run."""
+        from prefect_aml import _tabular
+
         df = _tabular.profile(*_tabular.stream(self._arrow(), self._ops, lean=True))
         _publish_profile(self.name or "dataset", df)
         return df
@@ -562,9 +570,9 @@ def _validated(ds: _Dataset, what: str, validate: bool) -> _Dataset:
 def _tabular_options(fmt: str, include_path: bool, set_column_types, partition_format: str | None, **more) -> dict:
     options = {"format": fmt, "include_path": bool(include_path), **more}
     if set_column_types:
-        options["column_types"] = {str(c): _tabular.type_name(t) for c, t in dict(set_column_types).items()}
+        options["column_types"] = {str(c): _expr.type_name(t) for c, t in dict(set_column_types).items()}
     if partition_format:
-        _tabular.parse_partition_format(partition_format)  # a bad format fails now, not at the first read
+        _expr.parse_partition_format(partition_format)  # a bad format fails now, not at the first read
         options["partition_format"] = partition_format
     return options
 
@@ -575,7 +583,7 @@ class _FileFactory:
                    is_file: bool = False) -> FileDataset:
         options = {}
         if partition_format:
-            _tabular.parse_partition_format(partition_format)
+            _expr.parse_partition_format(partition_format)
             options["partition_format"] = partition_format
         return _validated(FileDataset(_paths(path), options), "Dataset.File.from_files", validate)
 

@@ -10,11 +10,14 @@ every step that does not depend on the failed one still runs; the pipeline run f
 
 from __future__ import annotations
 
-from graphlib import TopologicalSorter
+import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
@@ -30,7 +33,7 @@ from prefect_aml.tasks.reuse import (
     read_json,
     write_json,
 )
-from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX, StepContext, publish_metrics, run_step
+from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX, StepContext, gate, publish_metrics, run_step
 
 FLOW_NAME = "aml-pipeline"
 
@@ -116,12 +119,16 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
            "regenerate_outputs": regenerate_outputs, "ui_url": ws.api_url_or_default().removesuffix("/api")}
     sc = StepContext(ctx)
     pipeline = load_spec(sc.default_store, spec_path)
-    create_markdown_artifact(f"```mermaid\n{pipeline.mermaid()}\n```", key="pipeline-graph",
-                             description="The pipeline's steps and the data between them")
-    plans = plan_pipeline(pipeline, ctx, sc.store)
+    with ThreadPoolExecutor(2) as pool:  # two server round trips, while the plan reads the datastore
+        graph = pool.submit(contextvars.copy_context().run, create_markdown_artifact,
+                            f"```mermaid\n{pipeline.mermaid()}\n```", key="pipeline-graph",
+                            description="The pipeline's steps and the data between them")
+        storage_future = pool.submit(contextvars.copy_context().run, AmlResultStorage.on, sc.default_store)
+        plans = plan_pipeline(pipeline, ctx, sc.store)
+        storage = storage_future.result()
+        graph.result()
     for name, plan in plans.items():
         logger.info(f"step {name}: {plan['explanation']}")
-    storage = AmlResultStorage.on(sc.default_store)
     policy = StepCachePolicy().configure(
         lock_manager=lock_manager_for(sc.default_store, ws.home, ws.redis_url), isolation_level="SERIALIZABLE")
 
@@ -130,16 +137,19 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
     reusable = run_step.with_options(name="aml-step", task_run_name="{step[name]}", cache_policy=policy,
                                      result_storage=storage, refresh_cache=regenerate_outputs)
     tasks = {"run": reusable, "hit": reusable.with_options(cache_policy=StepCachePolicy()),
-             "always": reusable.with_options(persist_result=False)}
+             "always": reusable.with_options(persist_result=False, cache_policy=NO_CACHE)}
 
-    sorter = TopologicalSorter({s.name: s.upstream() for s in pipeline.steps})
-    sorter.prepare()
+    order = pipeline.order()
+    waiting = list(order)  # not dispatched yet, in dependency order
     results: dict[str, dict] = {}
     failed: dict[str, str] = {}
     skipped: list[str] = []
     in_flight: dict[Any, str] = {}
+    early: set[str] = set()  # dispatched while an upstream step was still running: waiting at their gate
+    stop = threading.Event()  # set when a step fails and the run does not continue: gated steps do not start
     recorded: set[str] = set()  # hits the plan resolved, recorded as Cached task runs without dispatch
     reused: dict[str, dict] = {}  # their records, written once at the end
+    futures: dict[str, Any] = {}
 
     def registered(name: str) -> None:
         try:
@@ -148,6 +158,10 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
             failed[name] = f"Step {name!r} finished but registering its output failed: {err}"
 
     def settle(name: str, future) -> None:
+        if future.state.is_cancelled():  # stopped at its gate: it did not run
+            logger.warning(future.state.message or f"Step {name!r} did not run.")
+            skipped.append(name)
+            return
         try:
             results[name] = future.result()
         except Exception as err:  # the step's own error, with its stderr tail
@@ -159,39 +173,54 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                 if "record" not in plans[name]:  # a hit the plan did not foresee (another run just made it)
                     plans[name]["record"] = read_json(sc.default_store, f"{REUSE_PREFIX}/{plans[name]['key']}.json")
                 reused[name] = _reuse_record(ctx, name, plans[name], results[name], str(future.task_run_id), logger)
+        if failed and not continue_on_step_failure:
+            stop.set()
 
-    while sorter.is_active():
-        for name in sorter.get_ready():
+    def dispatch() -> None:
+        """Start every step that can start now; a step whose upstream steps are all done or running (and
+        not themselves waiting at a gate) is dispatched to wait at its gate."""
+        for name in list(waiting):
             step = pipeline.step(name)
             ups = step.upstream()
-            known = plans[name].get("will_reuse") and all(u in recorded for u in ups)
             blocked = [u for u in ups if u in failed or u in skipped]
             if blocked or (failed and not continue_on_step_failure):
                 logger.warning(f"Step {name!r} does not run: " + (
                     f"upstream step(s) {blocked} did not finish" if blocked else "an earlier step failed"))
                 skipped.append(name)
-                sorter.done(name)
+                waiting.remove(name)
                 continue
+            done = all(u in results for u in ups)
+            running = [u for u in ups if u not in results]
+            if not done and not all(u in futures and u not in early and u not in skipped for u in running):
+                continue
+            waiting.remove(name)
             task = tasks["always" if not step.allow_reuse else "hit" if plans[name].get("will_reuse") else "run"]
-            if known:  # a hit resolved by the plan: a Cached task run at once, nothing dispatched
+            if done and plans[name].get("will_reuse") and all(u in recorded for u in ups):
+                # a hit resolved by the plan: a Cached task run at once, nothing dispatched
                 results[name] = _known_result(plans[name])
                 task_run_id = _record_hit(task, name, plans[name])
                 reused[name] = _reuse_record(ctx, name, plans[name], results[name], task_run_id, logger)
                 registered(name)
                 recorded.add(name)
-                sorter.done(name)
                 continue
-            upstream = {u: results[u] for u in ups}
             plan = plans[name]
             if plan.get("will_reuse"):  # a hit needs only its key: keep the task's inputs small
                 plan = {k: plan[k] for k in ("key", "out_key", "outputs", "explanation", "will_reuse")}
-            in_flight[task.submit(step.model_dump(), plan, ctx, upstream)] = name
-        if not in_flight:
-            continue
+            if done:
+                upstream: dict | str = {u: results[u] for u in ups}
+            else:
+                upstream = gate({u: results[u] if u in results else futures[u] for u in ups}, stop)
+                early.add(name)
+            futures[name] = task.submit(step.model_dump(), plan, ctx, upstream)
+            in_flight[futures[name]] = name
+
+    dispatch()
+    while in_flight:
         future = next(as_completed(list(in_flight)))
         name = in_flight.pop(future)
         settle(name, future)
-        sorter.done(name)
+        early.difference_update({n for n in early if all(u in results for u in pipeline.step(n).upstream())})
+        dispatch()
     if reused:
         write_json(sc.default_store, f"{RUNS_PREFIX}/{run_id}/{REUSED_FILE}", reused)
         for name, record in reused.items():

@@ -26,16 +26,17 @@ def prepare_sources(spec, store, home: Path) -> None:
     """Snapshot each source directory once and record its hash (all files, or those in hash_paths)."""
     from prefect_aml.tasks.snapshots import ensure_snapshot, git_info, select, snapshot_id
 
-    done: dict[str, tuple[str, dict]] = {}
+    done: dict[str, tuple[str, dict, dict | None]] = {}
     for step in spec.steps:
         if not step.source_directory:
             continue
         if step.source_directory not in done:
-            done[step.source_directory] = ensure_snapshot(store, step.source_directory, home / "hash-cache")
-        sid, hashes = done[step.source_directory]
+            done[step.source_directory] = (*ensure_snapshot(store, step.source_directory, home / "hash-cache"),
+                                           git_info(step.source_directory))
+        sid, hashes, git = done[step.source_directory]
         step.snapshot_id = sid
         step.source_hash = "paths-" + snapshot_id(select(hashes, step.hash_paths)) if step.hash_paths else sid
-        step.git = git_info(step.source_directory)
+        step.git = git
 
 
 def store_spec(store, spec) -> str:

@@ -82,9 +82,15 @@ class AmlResultStorage(WritableFileSystem):
         """The result storage on `store`, saved in the server (Prefect requires saved result storage)."""
         from prefect_aml.blocks.datastores import block_name_for
 
-        storage = cls(datastore_name=store.name)
+        name = f"cache-{block_name_for(store.name)}"
+        try:
+            storage = cls.load(name)  # one read; saving registers the block type and schema every time
+        except ValueError:
+            storage = None
+        if storage is None or storage.datastore_name != store.name or storage.prefix != CACHE_PREFIX:
+            storage = cls(datastore_name=store.name)
+            storage.save(name, overwrite=True)
         storage._store = store
-        storage.save(f"cache-{block_name_for(store.name)}", overwrite=True)
         return storage
 
     def _datastore(self):
