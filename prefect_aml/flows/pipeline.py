@@ -11,8 +11,8 @@ every step that does not depend on the failed one still runs; the pipeline run f
 from __future__ import annotations
 
 import contextvars
-import threading
 from concurrent.futures import ThreadPoolExecutor
+from graphlib import TopologicalSorter
 from typing import Any
 
 from prefect import flow
@@ -33,7 +33,7 @@ from prefect_aml.tasks.reuse import (
     read_json,
     write_json,
 )
-from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX, StepContext, gate, publish_metrics, run_step
+from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX, StepContext, publish_metrics, run_step
 
 FLOW_NAME = "aml-pipeline"
 
@@ -139,17 +139,14 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
     tasks = {"run": reusable, "hit": reusable.with_options(cache_policy=StepCachePolicy()),
              "always": reusable.with_options(persist_result=False, cache_policy=NO_CACHE)}
 
-    order = pipeline.order()
-    waiting = list(order)  # not dispatched yet, in dependency order
+    sorter = TopologicalSorter({s.name: s.upstream() for s in pipeline.steps})
+    sorter.prepare()
     results: dict[str, dict] = {}
     failed: dict[str, str] = {}
     skipped: list[str] = []
     in_flight: dict[Any, str] = {}
-    early: set[str] = set()  # dispatched while an upstream step was still running: waiting at their gate
-    stop = threading.Event()  # set when a step fails and the run does not continue: gated steps do not start
     recorded: set[str] = set()  # hits the plan resolved, recorded as Cached task runs without dispatch
     reused: dict[str, dict] = {}  # their records, written once at the end
-    futures: dict[str, Any] = {}
 
     def registered(name: str) -> None:
         try:
@@ -158,10 +155,6 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
             failed[name] = f"Step {name!r} finished but registering its output failed: {err}"
 
     def settle(name: str, future) -> None:
-        if future.state.is_cancelled():  # stopped at its gate: it did not run
-            logger.warning(future.state.message or f"Step {name!r} did not run.")
-            skipped.append(name)
-            return
         try:
             results[name] = future.result()
         except Exception as err:  # the step's own error, with its stderr tail
@@ -173,54 +166,39 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                 if "record" not in plans[name]:  # a hit the plan did not foresee (another run just made it)
                     plans[name]["record"] = read_json(sc.default_store, f"{REUSE_PREFIX}/{plans[name]['key']}.json")
                 reused[name] = _reuse_record(ctx, name, plans[name], results[name], str(future.task_run_id), logger)
-        if failed and not continue_on_step_failure:
-            stop.set()
 
-    def dispatch() -> None:
-        """Start every step that can start now; a step whose upstream steps are all done or running (and
-        not themselves waiting at a gate) is dispatched to wait at its gate."""
-        for name in list(waiting):
+    while sorter.is_active():
+        for name in sorter.get_ready():
             step = pipeline.step(name)
             ups = step.upstream()
+            known = plans[name].get("will_reuse") and all(u in recorded for u in ups)
             blocked = [u for u in ups if u in failed or u in skipped]
             if blocked or (failed and not continue_on_step_failure):
                 logger.warning(f"Step {name!r} does not run: " + (
                     f"upstream step(s) {blocked} did not finish" if blocked else "an earlier step failed"))
                 skipped.append(name)
-                waiting.remove(name)
+                sorter.done(name)
                 continue
-            done = all(u in results for u in ups)
-            running = [u for u in ups if u not in results]
-            if not done and not all(u in futures and u not in early and u not in skipped for u in running):
-                continue
-            waiting.remove(name)
             task = tasks["always" if not step.allow_reuse else "hit" if plans[name].get("will_reuse") else "run"]
-            if done and plans[name].get("will_reuse") and all(u in recorded for u in ups):
-                # a hit resolved by the plan: a Cached task run at once, nothing dispatched
+            if known:  # a hit resolved by the plan: a Cached task run at once, nothing dispatched
                 results[name] = _known_result(plans[name])
                 task_run_id = _record_hit(task, name, plans[name])
                 reused[name] = _reuse_record(ctx, name, plans[name], results[name], task_run_id, logger)
                 registered(name)
                 recorded.add(name)
+                sorter.done(name)
                 continue
+            upstream = {u: results[u] for u in ups}
             plan = plans[name]
             if plan.get("will_reuse"):  # a hit needs only its key: keep the task's inputs small
                 plan = {k: plan[k] for k in ("key", "out_key", "outputs", "explanation", "will_reuse")}
-            if done:
-                upstream: dict | str = {u: results[u] for u in ups}
-            else:
-                upstream = gate({u: results[u] if u in results else futures[u] for u in ups}, stop)
-                early.add(name)
-            futures[name] = task.submit(step.model_dump(), plan, ctx, upstream)
-            in_flight[futures[name]] = name
-
-    dispatch()
-    while in_flight:
+            in_flight[task.submit(step.model_dump(), plan, ctx, upstream)] = name
+        if not in_flight:
+            continue
         future = next(as_completed(list(in_flight)))
         name = in_flight.pop(future)
         settle(name, future)
-        early.difference_update({n for n in early if all(u in results for u in pipeline.step(n).upstream())})
-        dispatch()
+        sorter.done(name)
     if reused:
         write_json(sc.default_store, f"{RUNS_PREFIX}/{run_id}/{REUSED_FILE}", reused)
         for name, record in reused.items():

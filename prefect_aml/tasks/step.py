@@ -156,54 +156,11 @@ def _stream(pipe, sink_lines: deque | None, logfile, lock, log) -> None:
     pipe.close()
 
 
-# Steps dispatched before their upstream steps finished wait at a gate inside their task run, so that
-# Prefect's start-up of the next task overlaps the step before it (the pipeline flow and its task runs
-# share this process: the gate holds the upstream futures). A step whose upstream did not finish, or
-# that may not start because an earlier step failed, ends Cancelled without running.
-_GATES: dict[str, tuple[dict[str, Any], threading.Event]] = {}
-
-
-def gate(upstream: dict[str, Any], stop: threading.Event) -> str:
-    """A token for `run_step`'s `upstream`: the results or futures of the upstream steps, and the run's stop."""
-    import uuid
-
-    token = f"gate-{uuid.uuid4().hex}"
-    _GATES[token] = (upstream, stop)
-    return token
-
-
-def _through_gate(token: str) -> dict[str, dict] | str:
-    """The upstream results once every upstream step has finished, or why this step must not run."""
-    upstream, stop = _GATES.pop(token)
-    out = {}
-    for name, value in upstream.items():
-        if hasattr(value, "wait"):  # a PrefectFuture
-            value.wait()
-            if not value.state.is_completed():
-                return f"upstream step {name!r} did not finish"
-            value = value.result()
-        out[name] = value
-    if stop.is_set():
-        return "an earlier step failed"
-    return out
-
-
 @task(persist_result=True, result_serializer="json")
-def run_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict] | str) -> dict:
+def run_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict]) -> dict:
     """Run one pipeline step; returns its key and where its outputs are. Cached on the planned key."""
     from prefect.context import get_run_context
 
-    if isinstance(upstream, str):
-        passed = _through_gate(upstream)
-        if isinstance(passed, str):
-            from prefect.states import Cancelled
-            from prefect.transactions import get_transaction
-
-            txn = get_transaction()
-            if txn is not None:
-                txn.write_on_commit = False  # a step that did not run leaves no cache record
-            return Cancelled(message=f"Step {step['name']!r} did not run: {passed}.")
-        upstream = passed
     logger = get_run_logger()
     spec = StepSpec.model_validate(step)
     sc = StepContext(ctx)
