@@ -12,7 +12,7 @@ from typing import Any
 from prefect_aml.exceptions import UserErrorException
 
 # -- filter expressions ---------------------------------------------------------------------------
-_CMP = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater", ">=": "greater_equal"}
+COMPARISONS = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater", ">=": "greater_equal"}
 
 
 def _node(value: Any) -> list:
@@ -145,7 +145,7 @@ def partition_values(fmt: str, rel: str) -> dict[str, Any]:
     return {c: (datetime.strptime(m.group(c), f) if f else m.group(c)) for c, f in columns.items()}
 
 
-TYPE_NAMES = {"int": "int64", "float": "float64", "str": "string", "string": "string", "bool": "bool",
+TYPE_NAMES = {"int": "int64", "float": "float64", "str": "large_string", "string": "large_string", "bool": "bool",
               "boolean": "bool", "datetime": "timestamp[us]", "long": "int64", "double": "float64"}
 
 

@@ -3,8 +3,8 @@
 The definition's leading filters (and every column selection) are pushed into the pyarrow scan, so
 partition columns and parquet statistics prune files and row groups before anything is read;
 row operations (`take`, `skip`, samples, later filters) are applied batch by batch, and a `take`
-stops the scan as soon as it has its rows. Filter expressions are a small serialisable tree
-(`ds["a"] > 1`) so a registered version keeps them.
+stops the scan as soon as it has its rows. Conditions arrive as the serialisable trees built in
+`_expr` (`ds["a"] > 1`), which is how a registered version keeps them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from prefect_aml._expr import _CMP, TYPE_NAMES, columns_of, parse_partition_format, partition_values
+from prefect_aml._expr import COMPARISONS, TYPE_NAMES, columns_of, parse_partition_format, partition_values
 from prefect_aml.exceptions import UserErrorException
 
 
@@ -35,7 +35,7 @@ def compile_node(node: list) -> Any:
         left, right = compile_node(node[2]), compile_node(node[3])
         if not isinstance(left, pc.Expression):
             left = pc.scalar(left)
-        return getattr(pc, _CMP[node[1]])(left, right)
+        return getattr(pc, COMPARISONS[node[1]])(left, right)
     if kind == "and":
         return compile_node(node[1]) & compile_node(node[2])
     if kind == "or":
@@ -75,7 +75,7 @@ def _format(options: dict, names: list[str] | None = None):
         pacsv.ReadOptions(autogenerate_column_names=not options.get("header", True)))
     types = {}
     if names and not options.get("infer_column_types", True):
-        types = {n: pa.string() for n in names}
+        types = {n: pa.large_string() for n in names}
     types.update({c: _arrow_type(t) for c, t in (options.get("column_types") or {}).items()})
     return pads.CsvFileFormat(read_options=read, parse_options=pacsv.ParseOptions(
         delimiter=options.get("separator", ","), newlines_in_values=bool(options.get("support_multi_line"))),
@@ -89,10 +89,10 @@ def arrow_dataset(files: list[tuple[Any, str]], options: dict) -> pads.Dataset:
     fmt_text = options.get("partition_format")
     extra: dict[str, pa.DataType] = {}
     if fmt_text:
-        extra.update({c: pa.timestamp("us") if f else pa.string()
+        extra.update({c: pa.timestamp("us") if f else pa.large_string()
                       for c, f in parse_partition_format(fmt_text)[1].items()})
     if options.get("include_path"):
-        extra["Path"] = pa.string()
+        extra["Path"] = pa.large_string()
     for store, rel in files:
         if store.name not in groups:
             groups[store.name] = (store, _arrow_fs(store), [], [])
@@ -133,6 +133,8 @@ def arrow_dataset(files: list[tuple[Any, str]], options: dict) -> pads.Dataset:
         raise UserErrorException(f"No file of the dataset can be read as {options.get('format', 'delimited')}: "
                                  f"{errors[0]}")
     schema = pa.unify_schemas(schemas, promote_options="permissive")
+    # text as large_string: what pandas' string dtype holds, so to_pandas() does not copy every string
+    schema = pa.schema([f.with_type(pa.large_string()) if pa.types.is_string(f.type) else f for f in schema])
     for c, t in extra.items():
         if c in schema.names:
             raise UserErrorException(f"Column {c!r} is both in the files and a partition/Path column: rename one.")
