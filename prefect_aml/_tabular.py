@@ -106,7 +106,7 @@ def arrow_dataset(files: list[tuple[Any, str]], options: dict) -> pads.Dataset:
         for c, v in values.items():
             expr = expr & (pc.field(c) == pa.scalar(v, extra[c]))
         parts.append(expr)
-    first_store, first_fs, first_paths, _ = next(iter(groups.values()))
+    _, first_fs, first_paths, _ = next(iter(groups.values()))
     fmt = _format(options)
     names = None
     if options.get("format") != "parquet" and (not options.get("header", True)
@@ -296,8 +296,9 @@ def profile(schema: pa.Schema, batches: Iterator[pa.RecordBatch]):
     mean, std. Returns a pandas DataFrame with one column per dataset column."""
     import pandas as pd
 
-    stats = {f.name: {"type": str(f.type), "count": 0, "missing": 0, "min": None, "max": None,
-                      "sum": 0.0, "sumsq": 0.0, "distinct": set()} for f in schema}
+    stats = {f.name: {"type": "string" if pa.types.is_large_string(f.type) else str(f.type), "count": 0,
+                      "missing": 0, "min": None, "max": None, "sum": 0.0, "sumsq": 0.0, "distinct": set()}
+             for f in schema}
     rows = 0
     for batch in batches:
         rows += batch.num_rows

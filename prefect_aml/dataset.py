@@ -17,8 +17,6 @@ ETag or content hash). Reading a version whose files changed since it was regist
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import posixpath
 import random
@@ -32,6 +30,7 @@ from typing import Any
 from prefect_aml import _expr
 from prefect_aml.exceptions import DatasetChangedError, UserErrorException
 from prefect_aml.pipeline.data import DataPath, InputPort, datastore_name
+from prefect_aml.tasks.reuse import digest, file_tag, find_detail
 
 ITEMS_LIMIT = 20_000  # files whose identity a registered version lists one by one (beyond: only the digest)
 
@@ -98,8 +97,6 @@ def _paths(path: Any) -> list[tuple[Any, str]]:
 
 def _listing(fs, full: str, pattern: str) -> dict[str, dict]:
     """{path: info} of the files under `full` (a folder, a file or a glob), from one listing."""
-    from prefect_aml.tasks.reuse import find_detail
-
     if any(c in pattern for c in "*?["):
         found = fs.glob(full, detail=True)
         if isinstance(found, list):
@@ -115,25 +112,25 @@ def _listing(fs, full: str, pattern: str) -> dict[str, dict]:
     return out
 
 
-def _file_tag(local: bool, path: str, info: dict) -> str:
-    from prefect_aml.tasks.reuse import LOCAL_HASH_LIMIT
-
-    if local and (info.get("size") or 0) <= LOCAL_HASH_LIMIT:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
-    return str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("last_modified"))
-
-
-def _digest(items: list) -> str:
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:24]
+def _compare(old: list, new: list) -> dict[str, list[str]]:
+    """Files ("datastore:path") added, removed and changed from one list of fingerprint items to another."""
+    before = {f"{s}:{p}": (size, tag) for s, p, size, tag in old}
+    after = {f"{s}:{p}": (size, tag) for s, p, size, tag in new}
+    return {"added": sorted(set(after) - set(before)), "removed": sorted(set(before) - set(after)),
+            "changed": sorted(k for k in before if k in after and before[k] != after[k]),
+            "unchanged": sorted(k for k in before if k in after and before[k] == after[k])}
 
 
 def _describe_change(old: list, new: list) -> str:
-    before = {f"{s}:{p}": (size, tag) for s, p, size, tag in old}
-    after = {f"{s}:{p}": (size, tag) for s, p, size, tag in new}
-    parts = [f"{k} changed" for k in sorted(before) if k in after and before[k] != after[k]]
-    parts += [f"{k} added" for k in sorted(set(after) - set(before))]
-    parts += [f"{k} removed" for k in sorted(set(before) - set(after))]
+    diff = _compare(old, new)
+    parts = [f"{k} {what}" for what in ("changed", "added", "removed") for k in diff[what]]
     return ", ".join(parts[:5]) + (f" and {len(parts) - 5} more" if len(parts) > 5 else "")
+
+
+def _layout(files: list[tuple[Any, str]], target: Path) -> list[Path]:
+    """Where each file goes under `target`: its path below the files' common folder (as Azure ML lays them out)."""
+    base = posixpath.commonpath([posixpath.dirname(p) for _, p in files]) if files else ""
+    return [target / (posixpath.relpath(rel, base) if base else rel) for _, rel in files]
 
 
 class MountContext:
@@ -163,10 +160,8 @@ class MountContext:
         else:
             target = Path(tempfile.mkdtemp(prefix="aml-mount-"))
         self.mount_point = str(target)
-        base = posixpath.commonpath([posixpath.dirname(p) for _, p in files])
         try:
-            for store, rel in files:
-                local = target / (posixpath.relpath(rel, base) if base else rel)
+            for (store, rel), local in zip(files, _layout(files, target), strict=True):
                 local.parent.mkdir(parents=True, exist_ok=True)
                 if isinstance(store, LocalDatastore):
                     local.symlink_to(store.full_path(rel))
@@ -255,7 +250,7 @@ class _Dataset:
 
     def _fingerprint(self, items: bool = False, check: bool = False) -> dict:
         found = self._fingerprint_items(check)
-        out = {"files": len(found), "digest": _digest(found)}
+        out = {"files": len(found), "digest": digest(found)}
         if items and len(found) <= ITEMS_LIMIT:
             out["items"] = found
         return out
@@ -333,10 +328,10 @@ class _Dataset:
             root = fs._strip_protocol(store.root()).rstrip("/")
             full = fs._strip_protocol(store.full_path(pattern)) if pattern else root
             for p, info in sorted(_listing(fs, full, pattern).items()):
-                found.append((store, posixpath.relpath(p, root), info, _file_tag(local, p, info) if tags else None))
+                found.append((store, posixpath.relpath(p, root), info, file_tag(local, p, info) if tags else None))
         if check and self._pin:
             items = [[s.name, rel, info.get("size"), tag] for s, rel, info, tag in found]
-            if _digest(items) != self._pin["digest"]:
+            if digest(items) != self._pin["digest"]:
                 what = _describe_change(self._registered_items, items) if self._registered_items else (
                     f"{len(items)} files now")
                 raise DatasetChangedError(
@@ -351,9 +346,7 @@ class _Dataset:
 
     def to_path(self) -> list[str]:
         """The files' paths, relative to the common folder of the dataset (as Azure ML lists them)."""
-        rels = [p for _, p in self._files()]
-        base = posixpath.commonpath([posixpath.dirname(p) for p in rels]) if rels else ""
-        return ["/" + posixpath.relpath(p, base) if base else "/" + p for p in rels]
+        return ["/" + p.as_posix() for p in _layout(self._files(), Path())]
 
     def download(self, target_path: str | os.PathLike | None = None, overwrite: bool = False) -> list[str]:
         """Copy the files under `target_path` (keeping their paths below the common folder); returns the paths."""
@@ -361,8 +354,7 @@ class _Dataset:
         if not files:
             raise UserErrorException(f"{self!r} matches no files; check the paths and patterns.")
         target = Path(target_path or os.getcwd()).resolve()
-        base = posixpath.commonpath([posixpath.dirname(p) for _, p in files])
-        plan = [(store, rel, target / (posixpath.relpath(rel, base) if base else rel)) for store, rel in files]
+        plan = [(store, rel, local) for (store, rel), local in zip(files, _layout(files, target), strict=True)]
         existing = [str(local) for _, _, local in plan if local.exists()]
         if existing and not overwrite:  # checked for every file before any is written
             raise UserErrorException(f"{existing[0]!r} exists ({len(existing)} file(s) in all): pass overwrite=True "
@@ -375,15 +367,11 @@ class _Dataset:
     def diff(self, other: _Dataset) -> dict:
         """What differs from this dataset to `other` (e.g. version 1 to version 2): files added, removed and
         changed; for tables also columns and rows (rows compared by content, as a multiset)."""
-        def items(ds: _Dataset) -> dict:
-            listed = ds._registered_items if ds._registered_items is not None else ds._fingerprint_items()
-            return {f"{s}:{p}": (size, tag) for s, p, size, tag in listed}
+        def items(ds: _Dataset) -> list:
+            return ds._registered_items if ds._registered_items is not None else ds._fingerprint_items()
 
-        a, b = items(self), items(other)
-        out: dict[str, Any] = {"files": {
-            "added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b)),
-            "changed": sorted(k for k in a if k in b and a[k] != b[k]),
-            "unchanged": sum(1 for k in a if k in b and a[k] == b[k])}}
+        files = _compare(items(self), items(other))
+        out: dict[str, Any] = {"files": {**files, "unchanged": len(files["unchanged"])}}
         if isinstance(self, TabularDataset) and isinstance(other, TabularDataset):
             try:
                 left, right = self.to_pandas_dataframe(), other.to_pandas_dataframe()
@@ -518,8 +506,9 @@ def _publish_profile(label: str, df) -> None:
     if FlowRunContext.get() or TaskRunContext.get():
         from prefect.artifacts import create_table_artifact
 
-        key = "profile-" + "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
-        create_table_artifact(rows, key=key[:60], description=f"Profile of dataset {label}")
+        from prefect_aml.tasks.step import artifact_key
+
+        create_table_artifact(rows, key=artifact_key("profile", label), description=f"Profile of dataset {label}")
 
 
 def _versions(workspace, name: str) -> list:
@@ -567,13 +556,17 @@ def _validated(ds: _Dataset, what: str, validate: bool) -> _Dataset:
     return ds
 
 
+def _partition_option(partition_format: str | None) -> dict:
+    if not partition_format:
+        return {}
+    _expr.parse_partition_format(partition_format)  # a bad format fails now, not at the first read
+    return {"partition_format": partition_format}
+
+
 def _tabular_options(fmt: str, include_path: bool, set_column_types, partition_format: str | None, **more) -> dict:
-    options = {"format": fmt, "include_path": bool(include_path), **more}
+    options = {"format": fmt, "include_path": bool(include_path), **more, **_partition_option(partition_format)}
     if set_column_types:
         options["column_types"] = {str(c): _expr.type_name(t) for c, t in dict(set_column_types).items()}
-    if partition_format:
-        _expr.parse_partition_format(partition_format)  # a bad format fails now, not at the first read
-        options["partition_format"] = partition_format
     return options
 
 
@@ -581,11 +574,8 @@ class _FileFactory:
     @staticmethod
     def from_files(path, validate: bool = True, partition_format: str | None = None,
                    is_file: bool = False) -> FileDataset:
-        options = {}
-        if partition_format:
-            _expr.parse_partition_format(partition_format)
-            options["partition_format"] = partition_format
-        return _validated(FileDataset(_paths(path), options), "Dataset.File.from_files", validate)
+        return _validated(FileDataset(_paths(path), _partition_option(partition_format)), "Dataset.File.from_files",
+                          validate)
 
 
 class _TabularFactory:

@@ -145,20 +145,24 @@ def find_detail(fs, path: str) -> dict[str, dict]:
 
 
 # -- the key -------------------------------------------------------------------------------------
+def file_tag(local: bool, path: str, info: dict) -> str:
+    """A file's identity: its content hash for a small local file, else its ETag (or modification time)."""
+    if local and (info.get("size") or 0) <= LOCAL_HASH_LIMIT:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
+    return str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("last_modified"))
+
+
+def digest(items: list) -> str:
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:24]
+
+
 def fingerprint(store, path: str) -> dict:
     """Identity of data on a datastore: per file, its size and ETag (content hash for small local files)."""
     fs = store.filesystem()
-    full = store.full_path(path)
-    infos = find_detail(fs, full)
     local = fs.protocol in ("file", ("file", "local"))
-    items = []
-    for p, info in sorted(infos.items()):
-        if local and (info.get("size") or 0) <= LOCAL_HASH_LIMIT:
-            tag = hashlib.sha256(Path(p).read_bytes()).hexdigest()[:32]
-        else:
-            tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("last_modified")
-        items.append([p, info.get("size"), str(tag)])
-    return {"files": len(items), "digest": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:24]}
+    items = [[p, info.get("size"), file_tag(local, p, info)]
+             for p, info in sorted(find_detail(fs, store.full_path(path)).items())]
+    return {"files": len(items), "digest": digest(items)}
 
 
 def dataset_fingerprint(definition: dict, stores) -> dict:

@@ -140,8 +140,12 @@ def publish_metrics(step_name: str, metrics: dict[str, Any]) -> None:
         return
     rows = [{"metric": k, "value": v if isinstance(v, (int, float, str)) else json.dumps(v)}
             for k, v in metrics.items()]
-    key = "metrics-" + "".join(c if c.isalnum() else "-" for c in step_name.lower()).strip("-")
-    create_table_artifact(rows, key=key[:60], description=f"Metrics of step {step_name}")
+    create_table_artifact(rows, key=artifact_key("metrics", step_name), description=f"Metrics of step {step_name}")
+
+
+def artifact_key(prefix: str, name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for `name`, e.g. metrics-train-py."""
+    return (prefix + "-" + "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-"))[:60]
 
 
 def _stream(pipe, sink_lines: deque | None, logfile, lock, log) -> None:
