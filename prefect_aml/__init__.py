@@ -15,8 +15,17 @@ from prefect_aml.blocks.datastores import (
     LocalDatastore,
     S3Datastore,
 )
+from prefect_aml.compute import AmlCompute, ComputeTarget, DaskCompute, DockerCompute
 from prefect_aml.dataset import Dataset, FileDataset, MountContext, TabularDataset
 from prefect_aml.datastore import Datastore
+from prefect_aml.environment import (
+    DEFAULT_CPU_IMAGE,
+    DEFAULT_GPU_IMAGE,
+    CondaDependencies,
+    Environment,
+    EnvironmentException,
+    RunConfiguration,
+)
 from prefect_aml.exceptions import (
     ActivityFailedException,
     AzureMLException,
@@ -50,7 +59,9 @@ __version__ = "0.1.0"
 VERSION = __version__
 
 __all__ = [
-    "VERSION", "ActivityFailedException", "AzureBlobDatastore", "AzureDataLakeGen2Datastore", "AzureMLException",
+    "DEFAULT_CPU_IMAGE", "DEFAULT_GPU_IMAGE", "VERSION", "ActivityFailedException", "AmlCompute",
+    "AzureBlobDatastore", "ComputeTarget", "CondaDependencies", "DaskCompute", "DockerCompute", "Environment",
+    "EnvironmentException", "RunConfiguration", "AzureDataLakeGen2Datastore", "AzureMLException",
     "CircularDependencyError", "CommandStep", "ComputeTargetException", "DataPath", "DataPathComputeBinding",
     "DataReference", "Dataset", "DatasetChangedError", "Datastore", "DatastoreException", "Experiment",
     "FileDataset", "LocalDatastore", "MountContext", "OutputFileDatasetConfig", "OutputNotUniqueError",

@@ -40,6 +40,50 @@ def server_status() -> None:
         raise typer.Exit(1)
 
 
+worker = typer.Typer(help="Workers: the nodes of a compute target (a Prefect work pool).", no_args_is_help=True)
+app.add_typer(worker, name="worker")
+
+
+@worker.command("start")
+def worker_start(
+    compute: str = typer.Argument(..., help="the compute target's name, e.g. cpu-cluster"),
+    name: str = typer.Option(None, help="this worker's name (default: Prefect's)"),
+    poll_seconds: float = typer.Option(1.0, help="how often to ask for work (Prefect's default is 10 s)"),
+    limit: int = typer.Option(1, help="steps this node runs at once (an Azure ML node runs one)"),
+) -> None:
+    """Run a worker for COMPUTE here, in the foreground: it takes the compute's steps from its work pool.
+
+    Any machine that reaches the workspace's Prefect API (PREFECT_API_URL, or the workspace's
+    config.json) and has prefect-aml installed can be a node; start as many as the compute's max_nodes."""
+    import os
+    import sys
+
+    from prefect_aml import ComputeTarget, Workspace
+    from prefect_aml.exceptions import ComputeTargetException
+
+    ws = Workspace.from_config()
+    try:
+        target = ComputeTarget(ws, compute)
+    except ComputeTargetException as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    if not target.work_pool:
+        typer.echo(f"Compute {compute!r} is a {target.type}: its nodes are Dask workers "
+                   f"({target._start_hint()}), not Prefect workers.", err=True)
+        raise typer.Exit(2)
+    ws._activate()  # the embedded server, when that is the workspace's API; the worker inherits the URL
+    pool_type = "docker" if target.type == "DockerCompute" else "process"
+    argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", target.work_pool, "--type", pool_type,
+            "--limit", str(limit)]
+    if name:
+        argv += ["--name", name]
+    env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS=str(poll_seconds),
+               PREFECT_WORKER_PREFETCH_SECONDS=str(max(poll_seconds, 1.0)))
+    typer.echo(f"Starting a {pool_type} worker for compute {compute!r} (work pool {target.work_pool!r}), "
+               f"polling every {poll_seconds:g} s: prefect worker start --pool {target.work_pool} ...")
+    os.execvpe(argv[0], argv, env)
+
+
 def _value(text: str):
     import json
 

@@ -189,10 +189,18 @@ class Workspace:
         for name in BUILTIN_DATASTORES:
             _ensure_builtin(self, name)
 
-    # -- computes (filled in by the compute-target work)
+    # -- computes and environments
     @property
     def compute_targets(self) -> dict[str, Any]:
-        return {}
+        from prefect_aml.compute import list_compute_targets
+
+        return list_compute_targets(self)
+
+    @property
+    def environments(self) -> dict[str, Any]:
+        from prefect_aml.environment import Environment
+
+        return Environment.list(self)
 
     @property
     def experiments(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, nullcontext
 from graphlib import TopologicalSorter
 from typing import Any
 
@@ -98,6 +99,43 @@ def _record_hit(task, step_name: str, plan: dict) -> str:
     return str(tr.id)
 
 
+class _DaskClusters:
+    """The Dask computes a pipeline run uses: one `DaskTaskRunner` each, started on first use, closed at the end.
+
+    A compute with an address is an existing scheduler; otherwise a `LocalCluster` (a
+    `LocalCUDACluster` for `gpu=True`) lives as long as the run. Steps on a `gpu=True` compute ask
+    for a `GPU` worker resource, so Dask places them only on workers that offer one."""
+
+    def __init__(self):
+        self._stack = ExitStack()
+        self._runners: dict[str, Any] = {}
+
+    def submit(self, compute: dict, task, parameters: dict):
+        import dask
+
+        runner = self._runners.get(compute["name"])
+        if runner is None:
+            runner = self._stack.enter_context(_dask_runner(compute))
+            self._runners[compute["name"]] = runner
+        with dask.annotate(resources={"GPU": 1}) if compute.get("gpu") else nullcontext():
+            return runner.submit(task, parameters)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def _dask_runner(compute: dict):
+    from prefect_dask import DaskTaskRunner
+
+    if compute.get("address"):
+        return DaskTaskRunner(address=compute["address"])
+    kwargs = {"n_workers": compute.get("n_workers") or 2, "threads_per_worker": compute.get("threads_per_worker") or 1}
+    if compute.get("gpu"):
+        return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster",
+                              cluster_kwargs={**kwargs, "resources": {"GPU": 1}})
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={**kwargs, "processes": True})
+
+
 def _known_result(plan: dict) -> dict:
     """What a step the plan will reuse returns: its earlier outputs (known before it is dispatched)."""
     rec = plan["record"]
@@ -168,38 +206,47 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                     plans[name]["record"] = read_json(sc.default_store, f"{REUSE_PREFIX}/{plans[name]['key']}.json")
                 reused[name] = _reuse_record(ctx, name, plans[name], results[name], str(future.task_run_id), logger)
 
-    while sorter.is_active():
-        for name in sorter.get_ready():
-            step = pipeline.step(name)
-            ups = step.upstream()
-            known = plans[name].get("will_reuse") and all(u in recorded for u in ups)
-            blocked = [u for u in ups if u in failed or u in skipped]
-            if blocked or (failed and not continue_on_step_failure):
-                logger.warning(f"Step {name!r} does not run: " + (
-                    f"upstream step(s) {blocked} did not finish" if blocked else "an earlier step failed"))
-                skipped.append(name)
-                sorter.done(name)
+    clusters = _DaskClusters()
+    try:
+        while sorter.is_active():
+            for name in sorter.get_ready():
+                step = pipeline.step(name)
+                ups = step.upstream()
+                known = plans[name].get("will_reuse") and all(u in recorded for u in ups)
+                blocked = [u for u in ups if u in failed or u in skipped]
+                if blocked or (failed and not continue_on_step_failure):
+                    logger.warning(f"Step {name!r} does not run: " + (
+                        f"upstream step(s) {blocked} did not finish" if blocked else "an earlier step failed"))
+                    skipped.append(name)
+                    sorter.done(name)
+                    continue
+                task = tasks["always" if not step.allow_reuse else "hit" if plans[name].get("will_reuse") else "run"]
+                if known:  # a hit resolved by the plan: a Cached task run at once, nothing dispatched
+                    results[name] = _known_result(plans[name])
+                    task_run_id = _record_hit(task, name, plans[name])
+                    reused[name] = _reuse_record(ctx, name, plans[name], results[name], task_run_id, logger)
+                    registered(name)
+                    recorded.add(name)
+                    sorter.done(name)
+                    continue
+                upstream = {u: results[u] for u in ups}
+                plan = plans[name]
+                if plan.get("will_reuse"):  # a hit needs only its key: keep the task's inputs small
+                    plan = {k: plan[k] for k in ("key", "out_key", "outputs", "explanation", "will_reuse")}
+                parameters = {"step": step.model_dump(), "plan": plan, "ctx": ctx, "upstream": upstream}
+                if (step.compute or {}).get("type") == "DaskCompute":
+                    future = clusters.submit(step.compute, task, parameters)
+                else:
+                    future = task.submit(**parameters)
+                in_flight[future] = name
+            if not in_flight:
                 continue
-            task = tasks["always" if not step.allow_reuse else "hit" if plans[name].get("will_reuse") else "run"]
-            if known:  # a hit resolved by the plan: a Cached task run at once, nothing dispatched
-                results[name] = _known_result(plans[name])
-                task_run_id = _record_hit(task, name, plans[name])
-                reused[name] = _reuse_record(ctx, name, plans[name], results[name], task_run_id, logger)
-                registered(name)
-                recorded.add(name)
-                sorter.done(name)
-                continue
-            upstream = {u: results[u] for u in ups}
-            plan = plans[name]
-            if plan.get("will_reuse"):  # a hit needs only its key: keep the task's inputs small
-                plan = {k: plan[k] for k in ("key", "out_key", "outputs", "explanation", "will_reuse")}
-            in_flight[task.submit(step.model_dump(), plan, ctx, upstream)] = name
-        if not in_flight:
-            continue
-        future = next(as_completed(list(in_flight)))
-        name = in_flight.pop(future)
-        settle(name, future)
-        sorter.done(name)
+            future = next(as_completed(list(in_flight)))
+            name = in_flight.pop(future)
+            settle(name, future)
+            sorter.done(name)
+    finally:
+        clusters.close()
     if reused:
         write_json(sc.default_store, f"{RUNS_PREFIX}/{run_id}/{REUSED_FILE}", reused)
         for name, record in reused.items():

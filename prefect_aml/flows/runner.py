@@ -16,8 +16,8 @@ from uuid import UUID
 
 def _watch(flow_run_id: UUID, done: threading.Event) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.states import Cancelled, StateType
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+    from prefect.states import Cancelled, Cancelling, StateType
 
     from prefect_aml.tasks.step import terminate_active_steps
 
@@ -30,9 +30,16 @@ def _watch(flow_run_id: UUID, done: threading.Event) -> None:
             if run.state_type != StateType.CANCELLING:
                 continue
             flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            active = (StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED)
             for tr in client.read_task_runs(flow_run_filter=flt):
-                if tr.state_type in (StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED):
+                if tr.state_type in active:
                     client.set_task_run_state(tr.id, Cancelled(message="The pipeline run was canceled."), force=True)
+            # steps sent to work pools: their workers stop them when they see Cancelling
+            children = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+            for fr in client.read_flow_runs(flow_run_filter=children):
+                if fr.state_type in active:
+                    state = Cancelling if fr.state_type == StateType.RUNNING else Cancelled
+                    client.set_flow_run_state(fr.id, state(message="The pipeline run was canceled."), force=True)
             client.set_flow_run_state(flow_run_id, Cancelled(message="The pipeline run was canceled."), force=True)
             terminate_active_steps()  # after the states are set, so the engine cannot record a failure first
             os._exit(0)

@@ -80,6 +80,17 @@ def _plan(spec, values, store, ws, run_id: str, regenerate_outputs: bool) -> dic
     return plan_pipeline(spec, ctx, _store_getter(store, ws))
 
 
+def resolve_computes(spec, ws) -> None:
+    """Each step's compute, looked up once per name; an unknown compute fails the submit."""
+    from prefect_aml.compute import resolve_compute
+
+    found: dict[str, dict | None] = {}
+    for step in spec.steps:
+        if step.compute_target not in found:
+            found[step.compute_target] = resolve_compute(ws, step.compute_target, step.name)
+        step.compute = found[step.compute_target]
+
+
 def check_registered_inputs(spec, store, ws) -> None:
     """A registered dataset version whose files changed fails the submit, before a run exists."""
     from prefect_aml.tasks.reuse import dataset_fingerprint
@@ -116,6 +127,7 @@ def submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags,
     store = Datastore.get(ws, spec.default_datastore) if spec.default_datastore else ws.get_default_datastore()
     for name in {s.datastore for step in spec.steps for s in step.outputs if s.datastore}:
         Datastore.get(ws, name)  # every output datastore must exist before the run starts
+    resolve_computes(spec, ws)
     check_registered_inputs(spec, store, ws)
     prepare_sources(spec, store, ws.home)
     workspace = {"workspace_name": ws.name, "subscription_id": ws.subscription_id,

@@ -280,7 +280,7 @@ class Pipeline:
             allow_reuse=step.allow_reuse,
             version=step.version,
             hash_paths=step.hash_paths,
-            compute_target=_compute_name(step.compute_target),
+            compute_target=_compute_name(step._compute()),
             environment=step._environment(),
             run_after=[s.name for s in step._run_after],
         )

@@ -53,6 +53,7 @@ class StepSpec(BaseModel):
     version: str | None = None
     hash_paths: list[str] | None = None
     compute_target: str | None = None
+    compute: dict[str, Any] | None = None  # where it runs, resolved at submit (not part of the reuse key)
     environment: dict[str, Any] = Field(default_factory=dict)
     run_after: list[str] = Field(default_factory=list)
 

@@ -141,10 +141,15 @@ class PipelineStep:
         return found
 
     def _environment(self) -> dict[str, Any]:
-        env = getattr(self.runconfig, "environment", None)
-        variables = getattr(env, "environment_variables", None) or {}
-        return {"variables": {str(k): str(v) for k, v in variables.items()},
-                "name": getattr(env, "name", None)}
+        from prefect_aml.environment import environment_definition
+
+        return environment_definition(self.runconfig)
+
+    def _compute(self) -> Any:
+        """The step's compute: `compute_target`, else its runconfig's `target`."""
+        if self.compute_target is not None:
+            return self.compute_target
+        return getattr(self.runconfig, "target", None)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -162,9 +162,23 @@ def _stream(pipe, sink_lines: deque | None, logfile, lock, log) -> None:
 
 @task(persist_result=True, result_serializer="json")
 def run_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict]) -> dict:
-    """Run one pipeline step; returns its key and where its outputs are. Cached on the planned key."""
+    """Run one pipeline step; returns its key and where its outputs are. Cached on the planned key.
+
+    A step on a work pool is sent there as a flow run (`flows/step.py`) and waited for; any other
+    step runs here (beside the pipeline flow, or on the Dask worker this task was sent to)."""
     from prefect.context import get_run_context
 
+    task_run_id = str(get_run_context().task_run.id)
+    compute = step.get("compute") or {}
+    if compute.get("pool"):
+        from prefect_aml.flows.step import run_on_pool
+
+        return run_on_pool(StepSpec.model_validate(step), step, plan, ctx, upstream, task_run_id, get_run_logger())
+    return execute_step(step, plan, ctx, upstream, task_run_id)
+
+
+def execute_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict], task_run_id: str) -> dict:
+    """Run one step in this process's machine: inputs, the script in a subprocess, outputs, records."""
     logger = get_run_logger()
     spec = StepSpec.model_validate(step)
     sc = StepContext(ctx)
@@ -194,7 +208,7 @@ def run_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict]) -> di
         inputs[inp.name] = {"store": sc.store(ds), "path": path, "mode": inp.mode}
     work = Path(tempfile.mkdtemp(prefix=f"aml-{ctx['run_id'][:8]}-"))
     try:
-        return _execute(spec, plan, sc, ctx, logger, work, inputs, str(get_run_context().task_run.id))
+        return _execute(spec, plan, sc, ctx, logger, work, inputs, task_run_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -249,12 +263,13 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         env[f"AML_PARAMETER_{k}"] = resolve(v)
     env.update(AZUREML_RUN_CONTEXT=str(ctx_dir / "context.json"), AZUREML_RUN_ID=task_run_id,
                PYTHONUNBUFFERED="1")
+    python = spec.environment.get("interpreter") or sys.executable  # the environment's, else this one
     if spec.kind == "python":
-        argv = [sys.executable, spec.script_name, *[resolve(a) for a in spec.arguments]]
+        argv = [python, spec.script_name, *[resolve(a) for a in spec.arguments]]
     else:
         argv = [resolve(a) for a in spec.command]
         if argv and argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
+            argv[0] = python
     log_path = ctx_dir / "std_log.txt"
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     lock = threading.Lock()
@@ -272,7 +287,11 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         ]
         for t in readers:
             t.start()
-        code = proc.wait()
+        try:
+            code = proc.wait()
+        except BaseException:  # this process is being stopped (a cancelled run on a worker): stop the script too
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         for t in readers:
             t.join()
         with _ACTIVE_LOCK:

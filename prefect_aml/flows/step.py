@@ -1,0 +1,173 @@
+"""A step on a work pool: the `aml-step` flow, one deployment of it per pool, and the wait for it.
+
+A step whose compute is a work pool (an `AmlCompute` or `DockerCompute`) is still one task run of
+the pipeline flow: after its reuse check (a reused step is never sent anywhere) the task creates a
+flow run of `aml-step/<pool>` (a subflow of the step's task run, so the Prefect UI nests it) and
+waits for it, reading its state and the heartbeat the step flow writes on the default datastore.
+The pool's worker starts it; it runs the step exactly as the pipeline flow would, and commits the
+outputs. The task then returns the planned outputs, or fails with the step's own error, or with a
+clear message when no worker takes the run (`PREFECT_AML_WORKER_WAIT_SECONDS`) or the worker dies
+mid-step (no heartbeat; nothing is committed: outputs are written last, with their manifest).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from prefect import flow
+
+STEP_FLOW_NAME = "aml-step"
+ENTRYPOINT = "prefect_aml.flows.step.aml_step"
+HEARTBEAT_ENV = "PREFECT_AML_STEP_HEARTBEAT_SECONDS"
+DEFAULT_HEARTBEAT_S = 10.0
+HEARTBEAT_FILE = "heartbeat.json"
+
+
+def heartbeat_seconds() -> float:
+    return float(os.environ.get(HEARTBEAT_ENV) or DEFAULT_HEARTBEAT_S)
+
+
+def worker_wait_seconds() -> float:
+    from prefect_aml.compute import DEFAULT_WORKER_WAIT_S, WORKER_WAIT_ENV
+
+    return float(os.environ.get(WORKER_WAIT_ENV) or DEFAULT_WORKER_WAIT_S)
+
+
+@flow(name=STEP_FLOW_NAME, persist_result=False, validate_parameters=False)
+def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str, heartbeat_s: float = 10.0) -> dict:
+    """Run one pipeline step on this worker (started by the pool's worker, not by hand)."""
+    from prefect_aml._home import aml_home
+    from prefect_aml.tasks.step import StepContext, execute_step, run_dir
+
+    # this machine's home for caches and locks; the submitter's home may not exist here
+    ctx = {**ctx, "workspace": {**ctx["workspace"], "home": str(aml_home())}}
+    store = StepContext(ctx).default_store
+    path = f"{run_dir(ctx, step['name'])}/{HEARTBEAT_FILE}"
+    stop = threading.Event()
+
+    def beat() -> None:
+        from prefect_aml.tasks.reuse import write_json
+
+        n = 0
+        while True:
+            try:
+                write_json(store, path, {"beat": n, "host": socket.gethostname(), "pid": os.getpid()})
+            except Exception:  # a missed beat is tolerated; many in a row mean we are gone anyway
+                pass
+            n += 1
+            if stop.wait(heartbeat_s):
+                return
+
+    threading.Thread(target=beat, daemon=True, name="aml-step-heartbeat").start()
+    try:
+        return execute_step(step, plan, ctx, upstream, task_run_id)
+    finally:
+        stop.set()
+
+
+def ensure_step_deployment(client, pool: str):
+    """The `aml-step/<pool>` deployment its workers run steps from (created or updated; idempotent)."""
+    from prefect.utilities.callables import parameter_schema
+
+    flow_id = client.create_flow_from_name(STEP_FLOW_NAME)
+    return client.create_deployment(
+        flow_id=flow_id, name=pool, work_pool_name=pool, entrypoint=ENTRYPOINT, pull_steps=[],
+        parameter_openapi_schema=parameter_schema(aml_step).model_dump(), enforce_parameter_schema=False,
+        description=f"Runs prefect-aml pipeline steps on work pool {pool!r}; started by pipeline runs.",
+        tags=["aml-step"])
+
+
+def _job_variables(compute: dict, environment: dict) -> dict[str, Any]:
+    if compute["type"] != "DockerCompute":
+        return {}
+    image = environment.get("image") or compute.get("image")
+    jv: dict[str, Any] = {k: compute[k] for k in ("volumes", "network_mode", "mem_limit") if compute.get(k)}
+    if image:
+        jv["image"] = image
+    return jv
+
+
+def _failure_message(state) -> str:
+    msg = state.message or state.name
+    for prefix in ("Flow run encountered an exception: ", "StepFailedError: "):
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
+def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str, logger) -> dict:
+    """Send a step to its compute's work pool and wait for it; returns what the step task returns."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType, WorkerStatus
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Cancelled, Crashed
+
+    from prefect_aml.exceptions import StepFailedError
+    from prefect_aml.tasks.reuse import read_json
+    from prefect_aml.tasks.step import StepContext, run_dir
+
+    compute = spec.compute
+    pool = compute["pool"]
+    beat_s = heartbeat_seconds()
+    wait_s = worker_wait_seconds()
+    store = StepContext(ctx).default_store
+    hb_path = f"{run_dir(ctx, spec.name)}/{HEARTBEAT_FILE}"
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(f"{STEP_FLOW_NAME}/{pool}")
+        except ObjectNotFound:  # e.g. the pool was made before this version: make it now
+            deployment = client.read_deployment(ensure_step_deployment(client, pool))
+        run = client.create_flow_run_from_deployment(
+            deployment.id, name=f"{spec.name}", tags=["aml-step", f"aml-compute:{compute['name']}"],
+            parameters={"step": step, "plan": plan, "ctx": ctx, "upstream": upstream, "task_run_id": task_run_id,
+                        "heartbeat_s": beat_s},
+            job_variables=_job_variables(compute, spec.environment), parent_task_run_id=UUID(task_run_id))
+        ui = ctx.get("ui_url")
+        logger.info(f"Step {spec.name!r} sent to compute {compute['name']!r} (work pool {pool!r}) as flow run "
+                    f"{run.id}" + (f": {ui}/runs/flow-run/{run.id}" if ui else ""))
+        created = time.monotonic()
+        last_beat, last_change = None, None
+        next_check = created + wait_s
+        while True:
+            time.sleep(0.25)
+            try:
+                state = client.read_flow_run(run.id).state
+            except Exception:  # the API blinked: look again
+                continue
+            now = time.monotonic()
+            if state.is_final():
+                if state.is_completed():
+                    return {"step": spec.name, "key": plan["key"], "out_key": plan["out_key"],
+                            "outputs": plan["outputs"], "task_run_id": task_run_id, "pipeline_run_id": ctx["run_id"]}
+                raise StepFailedError(f"Step {spec.name!r} on compute {compute['name']!r} ended {state.name}: "
+                                      f"{_failure_message(state)}")
+            if state.type == StateType.RUNNING:
+                beat = read_json(store, hb_path)
+                if beat != last_beat or last_change is None:
+                    last_beat, last_change = beat, now
+                elif now - last_change > max(4 * beat_s, 5.0):
+                    client.set_flow_run_state(run.id, Crashed(
+                        message=f"No heartbeat for {now - last_change:.0f} s: the worker running it is gone."),
+                        force=True)
+                    raise StepFailedError(
+                        f"Step {spec.name!r} on compute {compute['name']!r} stopped sending heartbeats for "
+                        f"{now - last_change:.0f} s (its worker or machine went away); its outputs were not committed. "
+                        f"Flow run {run.id} is marked Crashed. Submit the pipeline again to re-run it.")
+                continue
+            if now < next_check:
+                continue
+            workers = client.read_workers_for_work_pool(pool)
+            if not any(w.status == WorkerStatus.ONLINE for w in workers):
+                client.set_flow_run_state(run.id, Cancelled(message="No worker took this step run."), force=True)
+                raise StepFailedError(
+                    f"Step {spec.name!r} waited {now - created:.0f} s for compute {compute['name']!r} (work pool "
+                    f"{pool!r}), which has no online worker. Start one with `prefect-aml worker start "
+                    f"{compute['name']}` on a machine that reaches this Prefect API, or wait longer with "
+                    f"PREFECT_AML_WORKER_WAIT_SECONDS (now {wait_s:.0f}).")
+            next_check = now + max(wait_s / 4, 1.0)  # workers are there but busy: the pool's limit queues it
+

@@ -1,0 +1,353 @@
+"""Compute targets for real: Prefect work pools with real process workers, Dask clusters on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from prefect_aml import (
+    ActivityFailedException,
+    AmlCompute,
+    ComputeTarget,
+    ComputeTargetException,
+    DaskCompute,
+    Experiment,
+    OutputFileDatasetConfig,
+    Pipeline,
+    PythonScriptStep,
+    RunConfiguration,
+)
+from tests.conftest import _STATE
+from tests.services import Service, free_port
+
+BIN = Path(sys.executable).parent
+
+SCRIPTS = {
+    "where.py": """
+        import argparse, json, os, time
+        p = argparse.ArgumentParser(); p.add_argument("--out"); p.add_argument("--seconds", type=float, default=0)
+        p.add_argument("--in_", default=None)
+        args = p.parse_args()
+        start = time.time()
+        time.sleep(args.seconds)
+        upstream = json.load(open(os.path.join(args.in_, "where.json"))) if args.in_ else None
+        os.makedirs(args.out, exist_ok=True)
+        json.dump({"node": os.environ.get("AML_TEST_NODE", "pipeline"), "pid": os.getppid(), "start": start,
+                   "end": time.time(), "upstream": upstream, "color": os.environ.get("COLOR")},
+                  open(os.path.join(args.out, "where.json"), "w"))
+        print("ran on", os.environ.get("AML_TEST_NODE", "pipeline"))
+    """,
+    "burn.py": """
+        import argparse, json, os, time
+        p = argparse.ArgumentParser(); p.add_argument("--out"); p.add_argument("--seconds", type=float)
+        args = p.parse_args()
+        start = time.time()
+        while time.time() - start < args.seconds:
+            sum(i * i for i in range(10000))
+        os.makedirs(args.out, exist_ok=True)
+        json.dump({"node": os.environ.get("AML_TEST_NODE", "?"), "start": start, "end": time.time()},
+                  open(os.path.join(args.out, "where.json"), "w"))
+    """,
+}
+
+
+@pytest.fixture
+def src(tmp_path):
+    d = tmp_path / "src"
+    d.mkdir()
+    for name, body in SCRIPTS.items():
+        (d / name).write_text(textwrap.dedent(body))
+    return str(d)
+
+
+@pytest.fixture(autouse=True)
+def fast_waits(monkeypatch):
+    """Short heartbeats and worker waits, for every process these tests start (runners inherit them)."""
+    monkeypatch.setenv("PREFECT_AML_STEP_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv("PREFECT_AML_WORKER_WAIT_SECONDS", "4")
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _exp(ws) -> Experiment:
+    return Experiment(ws, _name("compute"))
+
+
+def _online(ws, name: str, n: int = 1) -> bool:
+    return ComputeTarget(ws, name).get_status().serialize().get("currentNodeCount", 0) >= n
+
+
+class Worker(Service):
+    """`prefect-aml worker start <compute>`: a real Prefect process worker, polling every second."""
+
+    def __init__(self, ws, compute: str, node: str):
+        env = dict(os.environ, AML_TEST_NODE=node)
+        super().__init__(f"worker-{compute}-{node}", _STATE,
+                         [str(BIN / "prefect-aml"), "worker", "start", compute, "--name", f"{compute}-{node}"],
+                         lambda: _online(ws, compute), env=env, timeout=90)
+
+    def kill_all(self) -> None:
+        """The machine goes away: the worker and every process under it, at once."""
+        procs = [self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True))]
+        for pid in procs:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def pool_compute(ws):
+    made = []
+
+    def make(max_nodes: int = 2) -> AmlCompute:
+        c = ComputeTarget.create(ws, _name("cpu"), AmlCompute.provisioning_configuration(
+            vm_size="STANDARD_D2_V2", min_nodes=0, max_nodes=max_nodes))
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.delete()
+
+
+def test_compute_target_lifecycle_and_errors(ws, pool_compute):
+    from prefect.client.orchestration import get_client
+
+    cpu = pool_compute(max_nodes=3)
+    assert type(cpu) is AmlCompute and cpu.type == "AmlCompute" and cpu.vm_size == "STANDARD_D2_V2"
+    same = ComputeTarget(workspace=ws, name=cpu.name)
+    assert type(same) is AmlCompute and same == cpu
+    assert AmlCompute(ws, cpu.name).work_pool == cpu.name
+    assert cpu.name in ws.compute_targets and type(ws.compute_targets[cpu.name]) is AmlCompute
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool(cpu.name)
+        assert (pool.type, pool.concurrency_limit) == ("process", 3)
+        assert client.read_deployment_by_name(f"aml-step/{cpu.name}").work_pool_name == cpu.name
+    status = cpu.get_status().serialize()
+    assert status["currentNodeCount"] == 0 and status["scaleSettings"]["maxNodeCount"] == 3
+    # creating it again with the same settings finds it; with others it is an error
+    again = ComputeTarget.create(ws, cpu.name, AmlCompute.provisioning_configuration(
+        vm_size="STANDARD_D2_V2", min_nodes=0, max_nodes=3))
+    assert again == cpu
+    with pytest.raises(ComputeTargetException, match="already exists with other settings"):
+        ComputeTarget.create(ws, cpu.name, AmlCompute.provisioning_configuration(max_nodes=8))
+    with pytest.raises(ComputeTargetException, match="fewer than min_node_count=1.*prefect-aml worker start"):
+        cpu.wait_for_completion(min_node_count=1, timeout_in_minutes=0.03)
+    with pytest.raises(ComputeTargetException, match="not found.*Did you mean"):
+        ComputeTarget(ws, cpu.name + "x")
+    with pytest.raises(ComputeTargetException, match="is not valid"):
+        ComputeTarget.create(ws, "bad name!", AmlCompute.provisioning_configuration())
+    with pytest.raises(ComputeTargetException, match="min_nodes .* larger than max_nodes"):
+        AmlCompute.provisioning_configuration(min_nodes=5, max_nodes=2).validate_configuration()
+    with pytest.raises(ComputeTargetException, match="scheduler address"):
+        ComputeTarget.attach(ws, _name("dask"), DaskCompute.attach_configuration(address="localhost"))
+    with pytest.raises(ComputeTargetException, match="is a AmlCompute, not a DaskCompute"):
+        DaskCompute(ws, cpu.name)
+    cpu.delete()
+    with pytest.raises(ComputeTargetException, match="not found"):
+        ComputeTarget(ws, cpu.name)
+    with get_client(sync_client=True) as client:
+        assert cpu.name not in {p.name for p in client.read_work_pools()}
+
+
+def test_unknown_compute_fails_the_submit_before_a_run_exists(ws, src):
+    step = PythonScriptStep("where.py", source_directory=src, compute_target="no-such-cluster",
+                            arguments=["--out", OutputFileDatasetConfig("o")])
+    exp = _exp(ws)
+    with pytest.raises(ComputeTargetException, match="Step 'where.py': Compute target 'no-such-cluster' was not found"):
+        exp.submit(Pipeline(ws, [step]))
+    assert list(exp.get_runs()) == []
+
+
+def _step_flow_runs(run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+
+
+def test_two_compute_pipeline_on_real_process_workers(ws, src, tmp_path, pool_compute):
+    a, b = pool_compute(), pool_compute()
+    workers = [Worker(ws, a.name, "node-a"), Worker(ws, b.name, "node-b")]
+    try:
+        first_out, second_out, third_out = (OutputFileDatasetConfig(n) for n in ("first", "second", "third"))
+        rc = RunConfiguration()
+        rc.target = b  # the compute may come from the runconfig, as in Azure ML
+        rc.environment_variables = {"COLOR": "blue"}
+        first = PythonScriptStep("where.py", name="first", source_directory=src, compute_target=a,
+                                 arguments=["--out", first_out])
+        second = PythonScriptStep("where.py", name="second", source_directory=src, runconfig=rc,
+                                  arguments=["--out", second_out, "--in_", first_out.as_input()])
+        third = PythonScriptStep("where.py", name="third", source_directory=src,
+                                 arguments=["--out", third_out, "--in_", second_out.as_input()])
+        run = _exp(ws).submit(Pipeline(ws, [third]))
+        assert run.wait_for_completion(show_output=False) == "Finished"
+        got = {}
+        for name, out in (("first", "first"), ("second", "second"), ("third", "third")):
+            folder = run.find_step_run(name)[0].get_output_data(out).download(str(tmp_path / name), show_progress=False)
+            got[name] = json.loads(Path(folder, "where.json").read_text())
+        assert [got[n]["node"] for n in ("first", "second", "third")] == ["node-a", "node-b", "pipeline"]
+        assert got["second"]["color"] == "blue" and got["second"]["upstream"]["node"] == "node-a"
+        step_runs = {fr.name: fr for fr in _step_flow_runs(run.id)}
+        assert set(step_runs) == {"first", "second"}  # the third ran beside the pipeline flow
+        assert all(fr.state.is_completed() for fr in step_runs.values())
+        assert "ran on node-a" in run.find_step_run("first")[0].get_job_log()
+        # reuse is decided before dispatch: a second submit sends nothing to the pools
+        again = _exp(ws).submit(Pipeline(ws, [third]))
+        assert again.wait_for_completion(show_output=False) == "Finished"
+        assert all(s.reused for s in again.get_steps())
+        assert _step_flow_runs(again.id) == []
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def test_a_pool_without_workers_fails_clearly(ws, src, pool_compute):
+    lonely = pool_compute()
+    step = PythonScriptStep("where.py", name="stranded", source_directory=src, compute_target=lonely,
+                            arguments=["--out", OutputFileDatasetConfig("o")], allow_reuse=False)
+    run = _exp(ws).submit(Pipeline(ws, [step]))
+    with pytest.raises(ActivityFailedException,
+                       match=f"(?s)stranded.*no online worker.*prefect-aml worker start {lonely.name}"):
+        run.wait_for_completion(show_output=False, timeout_seconds=120)
+    (fr,) = _step_flow_runs(run.id)
+    assert fr.state.is_cancelled()  # a worker started later will not run it
+
+
+def test_a_worker_killed_mid_step_fails_the_step_and_commits_nothing(ws, src, pool_compute):
+    cpu = pool_compute()
+    worker = Worker(ws, cpu.name, "doomed")
+    out = OutputFileDatasetConfig("o")
+    step = PythonScriptStep("where.py", name="long", source_directory=src, compute_target=cpu,
+                            arguments=["--out", out, "--seconds", 30], allow_reuse=False)
+    run = _exp(ws).submit(Pipeline(ws, [step]))
+    try:
+        deadline = time.monotonic() + 60
+        while not any(fr.state.is_running() for fr in _step_flow_runs(run.id)):
+            assert time.monotonic() < deadline, "the step never started on the worker"
+            time.sleep(0.5)
+        time.sleep(2)
+        worker.kill_all()
+        with pytest.raises(ActivityFailedException, match="(?s)long.*stopped sending heartbeats.*not committed"):
+            run.wait_for_completion(show_output=False, timeout_seconds=120)
+    finally:
+        worker.stop()
+    (fr,) = _step_flow_runs(run.id)
+    assert fr.state.name == "Crashed"
+    step_run = run.find_step_run("long")[0]
+    assert step_run.get_status() == "Failed"
+    store = ws.get_default_datastore()
+    fs = store.filesystem()
+    manifests = fs.glob(store.full_path("azureml/manifests") + "/*/*.json")
+    assert not [m for m in manifests if step_run.id in fs.cat_file(m).decode()], "an output was marked complete"
+
+
+def _intervals(run, names, tmp_path):
+    got = {}
+    for name in names:
+        folder = run.find_step_run(name)[0].get_output_data("o").download(str(tmp_path / name), show_progress=False)
+        got[name] = json.loads(Path(folder, "where.json").read_text())
+    return got
+
+
+def test_dask_local_cluster_runs_a_fan_out_concurrently(ws, src, tmp_path):
+    dask = ComputeTarget.create(ws, _name("dask"), DaskCompute.provisioning_configuration(n_workers=2))
+    try:
+        steps = [PythonScriptStep("where.py", name=f"fan{i}", source_directory=src, compute_target=dask,
+                                  arguments=["--out", OutputFileDatasetConfig("o"), "--seconds", 3], allow_reuse=False)
+                 for i in range(2)]
+        run = _exp(ws).submit(Pipeline(ws, steps))
+        assert run.wait_for_completion(show_output=False) == "Finished"
+        got = _intervals(run, ["fan0", "fan1"], tmp_path)
+        a, b = got["fan0"], got["fan1"]
+        assert a["start"] < b["end"] and b["start"] < a["end"], "the two Dask steps did not overlap"
+        assert a["pid"] != b["pid"]  # two worker processes, one step each
+        assert {s.get_status() for s in run.get_steps()} == {"Finished"}
+    finally:
+        dask.delete()
+
+
+@pytest.fixture
+def dask_cluster():
+    """An external `dask scheduler` and two `dask worker`s; one advertises a (fake) GPU resource."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = Service("dask-scheduler", _STATE, [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                                                   str(port), "--dashboard-address", ":0", "--no-show"],
+                        lambda: subprocess.run([str(BIN / "python"), "-c", f"from distributed import Client; "
+                                                f"Client('{address}', timeout=2).close()"],
+                                               capture_output=True).returncode == 0)
+    workers = []
+    try:
+        for node, extra in (("gpu-node", ["--resources", "GPU=1"]), ("cpu-node", [])):
+            workers.append(Service(f"dask-{node}", _STATE, [str(BIN / "dask"), "worker", address, "--nthreads", "1",
+                                                             "--nworkers", "1", "--no-dashboard", *extra],
+                                   lambda: True, env=dict(os.environ, AML_TEST_NODE=node)))
+        yield address
+    finally:
+        for w in workers:
+            w.stop()
+        scheduler.stop()
+
+
+def test_external_dask_cluster_routes_gpu_steps_to_gpu_workers(ws, src, tmp_path, dask_cluster):
+    gpu = ComputeTarget.attach(ws, _name("gpu"), DaskCompute.attach_configuration(address=dask_cluster, gpu=True))
+    cpu = ComputeTarget.attach(ws, _name("cpu"), DaskCompute.attach_configuration(address=dask_cluster))
+    try:
+        cpu.wait_for_completion(min_node_count=2, timeout_in_minutes=1)
+        assert {w["resources"].get("GPU") for w in cpu.get_status().serialize()["workers"]} == {1, None}
+        steps = [PythonScriptStep("where.py", name=f"{kind}{i}", source_directory=src, compute_target=target,
+                                  arguments=["--out", OutputFileDatasetConfig("o"), "--seconds", 1], allow_reuse=False)
+                 for kind, target in (("gpu", gpu), ("cpu", cpu)) for i in range(3)]
+        run = _exp(ws).submit(Pipeline(ws, steps))
+        assert run.wait_for_completion(show_output=False) == "Finished"
+        got = _intervals(run, [s.name for s in steps], tmp_path)
+        assert {got[f"gpu{i}"]["node"] for i in range(3)} == {"gpu-node"}
+        assert {got[f"cpu{i}"]["node"] for i in range(3)} <= {"gpu-node", "cpu-node"}
+    finally:
+        gpu.delete()
+        cpu.delete()
+
+
+def _has_gpu() -> str | None:
+    if not shutil.which("nvidia-smi"):
+        return "no NVIDIA GPU here (nvidia-smi not found)"
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        return "dask-cuda is not installed (pip install dask-cuda)"
+    return None
+
+
+@pytest.mark.skipif(_has_gpu() is not None, reason=_has_gpu() or "")
+def test_gpu_dask_compute_runs_on_a_real_gpu(ws, src, tmp_path):
+    gpu = ComputeTarget.create(ws, _name("gpu"), DaskCompute.provisioning_configuration(n_workers=1, gpu=True))
+    try:
+        Path(src, "gpu.py").write_text(
+            "import os, subprocess\n"
+            "print('CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
+            "print(subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, check=True).stdout)\n")
+        step = PythonScriptStep("gpu.py", name="on-gpu", source_directory=src, compute_target=gpu, allow_reuse=False)
+        run = _exp(ws).submit(Pipeline(ws, [step]))
+        assert run.wait_for_completion(show_output=False) == "Finished"
+        log = run.find_step_run("on-gpu")[0].get_job_log()
+        assert "CUDA_VISIBLE_DEVICES=" in log and "GPU 0:" in log
+    finally:
+        gpu.delete()
