@@ -351,3 +351,84 @@ def test_gpu_dask_compute_runs_on_a_real_gpu(ws, src, tmp_path):
         assert "CUDA_VISIBLE_DEVICES=" in log and "GPU 0:" in log
     finally:
         gpu.delete()
+
+
+def _docker_ok() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def docker_images(tmp_path):
+    """Two local images (no registry): an empty root with the host's /usr, Python and project mounted read-only.
+
+    Each holds a file naming it, so a step can tell which image it ran in."""
+    if not _docker_ok():
+        if os.environ.get("PREFECT_AML_REQUIRE_DOCKER"):
+            pytest.fail("No Docker engine answers `docker info`: scripts/docker.sh should have started one.")
+        pytest.skip("no Docker engine (scripts/test.sh starts one)")
+    root = Path(__file__).resolve().parents[1]
+    path = f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin"
+    tags = []
+    for which in ("compute", "env"):
+        rootfs = tmp_path / f"rootfs-{which}"
+        for d in ("tmp", "proc", "dev", "sys", "etc", "root", "usr", "run"):
+            (rootfs / d).mkdir(parents=True)
+        (rootfs / "tmp").chmod(0o1777)
+        for link in ("bin", "lib", "lib64", "sbin"):
+            (rootfs / link).symlink_to(f"usr/{link}")
+        (rootfs / "image-name").write_text(which)
+        tag = f"prefect-aml-test:{which}-{uuid.uuid4().hex[:6]}"
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+        subprocess.run(["docker", "import", "--change", f"ENV PATH={path}", "-", tag], input=tar, check=True,
+                       capture_output=True)
+        tags.append(tag)
+    mounts = sorted({"/usr", sys.base_prefix, str(root)})
+    volumes = [f"{m}:{m}:ro" for m in mounts] + [f"{_STATE}:{_STATE}"]
+    yield tags, volumes
+    subprocess.run(["docker", "rmi", "-f", *tags], capture_output=True)
+
+
+def test_docker_compute_runs_a_step_in_a_container(ws, tmp_path, docker_images):
+    from prefect.client.orchestration import get_client
+
+    from prefect_aml import DockerCompute, Environment
+
+    (compute_image, env_image), volumes = docker_images
+    docker = ComputeTarget.create(ws, _name("docker"), DockerCompute.provisioning_configuration(
+        image=compute_image, volumes=volumes, network_mode="host", max_nodes=2, vm_size="STANDARD_D2_V2"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "inside.py").write_text(textwrap.dedent("""
+        import argparse, json, os
+        p = argparse.ArgumentParser(); p.add_argument("--out"); args = p.parse_args()
+        os.makedirs(args.out, exist_ok=True)
+        json.dump({"container": os.path.exists("/.dockerenv"), "image": open("/image-name").read(),
+                   "color": os.environ.get("COLOR")}, open(os.path.join(args.out, "inside.json"), "w"))
+    """))
+    worker = Worker(ws, docker.name, "docker-host")
+    try:
+        with get_client(sync_client=True) as client:
+            pool = client.read_work_pool(docker.name)
+        assert pool.type == "docker"
+        assert pool.base_job_template["variables"]["properties"]["mem_limit"]["default"] == "7168m"
+        rc = RunConfiguration()
+        rc.environment = Environment(_name("img"))
+        rc.environment.docker.base_image = env_image
+        rc.environment.environment_variables = {"COLOR": "teal"}
+        steps = [PythonScriptStep("inside.py", name=name, source_directory=str(src), compute_target=docker,
+                                  runconfig=config, arguments=["--out", OutputFileDatasetConfig("o")],
+                                  allow_reuse=False)
+                 for name, config in (("default-image", None), ("env-image", rc))]
+        run = _exp(ws).submit(Pipeline(ws, steps))
+        assert run.wait_for_completion(show_output=False, timeout_seconds=300) == "Finished"
+        seen = {}
+        for s in steps:
+            folder = run.find_step_run(s.name)[0].get_output_data("o").download(str(tmp_path / s.name),
+                                                                                show_progress=False)
+            seen[s.name] = json.loads(Path(folder, "inside.json").read_text())
+        assert seen["default-image"] == {"container": True, "image": "compute", "color": None}
+        assert seen["env-image"] == {"container": True, "image": "env", "color": "teal"}
+    finally:
+        worker.stop()
+        docker.delete()

@@ -74,8 +74,12 @@ def ensure_step_deployment(client, pool: str):
     from prefect.utilities.callables import parameter_schema
 
     flow_id = client.create_flow_from_name(STEP_FLOW_NAME)
+    # the code is prefect-aml itself (installed on the worker, or in the image); the step's own code comes
+    # from its snapshot. A pull step is needed all the same: without one, Prefect copies the run's working
+    # directory as "flow code", and a container's working directory is its whole filesystem.
+    pull_steps = [{"prefect.deployments.steps.set_working_directory": {"directory": "/tmp"}}]
     return client.create_deployment(
-        flow_id=flow_id, name=pool, work_pool_name=pool, entrypoint=ENTRYPOINT, pull_steps=[],
+        flow_id=flow_id, name=pool, work_pool_name=pool, entrypoint=ENTRYPOINT, pull_steps=pull_steps,
         parameter_openapi_schema=parameter_schema(aml_step).model_dump(), enforce_parameter_schema=False,
         description=f"Runs prefect-aml pipeline steps on work pool {pool!r}; started by pipeline runs.",
         tags=["aml-step"])
