@@ -108,7 +108,7 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType, WorkerStatus
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
     from prefect.states import Cancelled, Crashed
 
     from prefect_aml.exceptions import StepFailedError
@@ -126,11 +126,20 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
             deployment = client.read_deployment_by_name(f"{STEP_FLOW_NAME}/{pool}")
         except ObjectNotFound:  # e.g. the pool was made before this version: make it now
             deployment = client.read_deployment(ensure_step_deployment(client, pool))
-        run = client.create_flow_run_from_deployment(
-            deployment.id, name=f"{spec.name}", tags=["aml-step", f"aml-compute:{compute['name']}"],
-            parameters={"step": step, "plan": plan, "ctx": ctx, "upstream": upstream, "task_run_id": task_run_id,
-                        "heartbeat_s": beat_s},
-            job_variables=_job_variables(compute, spec.environment), parent_task_run_id=UUID(task_run_id))
+        for attempt in range(60):
+            try:
+                run = client.create_flow_run_from_deployment(
+                    deployment.id, name=f"{spec.name}", tags=["aml-step", f"aml-compute:{compute['name']}"],
+                    parameters={"step": step, "plan": plan, "ctx": ctx, "upstream": upstream,
+                                "task_run_id": task_run_id, "heartbeat_s": beat_s},
+                    job_variables=_job_variables(compute, spec.environment), parent_task_run_id=UUID(task_run_id))
+                break
+            except PrefectHTTPStatusError as err:
+                # the step's task run reaches the server as an event, a moment after it starts; the link to
+                # it (a foreign key) fails until then
+                if err.response.status_code != 409 or attempt == 59:
+                    raise
+                time.sleep(0.25)
         ui = ctx.get("ui_url")
         logger.info(f"Step {spec.name!r} sent to compute {compute['name']!r} (work pool {pool!r}) as flow run "
                     f"{run.id}" + (f": {ui}/runs/flow-run/{run.id}" if ui else ""))
