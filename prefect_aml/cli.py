@@ -73,6 +73,19 @@ def worker_start(
         raise typer.Exit(2)
     ws._activate()  # the embedded server, when that is the workspace's API; the worker inherits the URL
     pool_type = "docker" if target.type == "DockerCompute" else "process"
+    os.environ["PREFECT_WORKER_QUERY_SECONDS"] = str(poll_seconds)
+    os.environ["PREFECT_WORKER_PREFETCH_SECONDS"] = str(max(poll_seconds, 1.0))
+    if pool_type == "process":  # steps run warm, in this process (see prefect_aml/flows/worker.py)
+        import anyio
+        from prefect.context import refresh_global_settings_context
+
+        from prefect_aml.flows.worker import serve
+
+        refresh_global_settings_context()
+        typer.echo(f"Starting a worker for compute {compute!r} (work pool {target.work_pool!r}), "
+                   f"polling every {poll_seconds:g} s")
+        anyio.run(serve, target.work_pool, name, limit)
+        return
     argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", target.work_pool, "--type", pool_type,
             "--limit", str(limit)]
     if name:

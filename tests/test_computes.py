@@ -205,6 +205,8 @@ def test_two_compute_pipeline_on_real_process_workers(ws, src, tmp_path, pool_co
             got[name] = json.loads(Path(folder, "where.json").read_text())
         assert [got[n]["node"] for n in ("first", "second", "third")] == ["node-a", "node-b", "pipeline"]
         assert got["second"]["color"] == "blue" and got["second"]["upstream"]["node"] == "node-a"
+        # the workers ran the steps warm: each script is a child of its worker's own process
+        assert [got["first"]["pid"], got["second"]["pid"]] == [w.proc.pid for w in workers]
         step_runs = {fr.name: fr for fr in _step_flow_runs(run.id)}
         assert set(step_runs) == {"first", "second"}  # the third ran beside the pipeline flow
         assert all(fr.state.is_completed() for fr in step_runs.values())

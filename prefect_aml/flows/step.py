@@ -40,6 +40,8 @@ def worker_wait_seconds() -> float:
 @flow(name=STEP_FLOW_NAME, persist_result=False, validate_parameters=False)
 def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str, heartbeat_s: float = 10.0) -> dict:
     """Run one pipeline step on this worker (started by the pool's worker, not by hand)."""
+    from prefect.context import get_run_context
+
     from prefect_aml._home import aml_home
     from prefect_aml.tasks.step import StepContext, execute_step, run_dir
 
@@ -49,18 +51,32 @@ def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str
     path = f"{run_dir(ctx, step['name'])}/{HEARTBEAT_FILE}"
     stop = threading.Event()
 
-    def beat() -> None:
-        from prefect_aml.tasks.reuse import write_json
+    flow_run_id = str(get_run_context().flow_run.id)
 
-        n = 0
-        while True:
-            try:
-                write_json(store, path, {"beat": n, "host": socket.gethostname(), "pid": os.getpid()})
-            except Exception:  # a missed beat is tolerated; many in a row mean we are gone anyway
-                pass
-            n += 1
-            if stop.wait(heartbeat_s):
-                return
+    def beat() -> None:
+        """Heartbeats for the pipeline that waits; and a cancelled run (the UI, the CLI) stops the script."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import StateType
+
+        from prefect_aml.tasks.reuse import write_json
+        from prefect_aml.tasks.step import terminate_active_steps
+
+        n, last = 0, 0.0
+        with get_client(sync_client=True) as client:
+            while True:
+                if time.monotonic() - last >= heartbeat_s:
+                    try:
+                        write_json(store, path, {"beat": n, "host": socket.gethostname(), "pid": os.getpid()})
+                    except Exception:  # a missed beat is tolerated; many in a row mean we are gone anyway
+                        pass
+                    n, last = n + 1, time.monotonic()
+                try:
+                    if client.read_flow_run(flow_run_id).state_type == StateType.CANCELLING:
+                        terminate_active_steps(flow_run_id)
+                except Exception:
+                    pass
+                if stop.wait(min(heartbeat_s, 1.0)):
+                    return
 
     threading.Thread(target=beat, daemon=True, name="aml-step-heartbeat").start()
     try:

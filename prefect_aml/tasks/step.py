@@ -35,16 +35,17 @@ REUSED_FILE = "reused.json"  # per pipeline run: the records of its reused steps
 STDERR_TAIL_LINES = 30
 
 # step subprocesses of this process, so a cancelled pipeline can stop them
-_ACTIVE: set[subprocess.Popen] = set()
+_ACTIVE: dict[subprocess.Popen, str | None] = {}  # each with the flow run it belongs to
 _ACTIVE_LOCK = threading.Lock()
 # datastores loaded once per pipeline run and process: (run id, name) -> block
 _STORES: dict[tuple[str, str], Any] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def terminate_active_steps() -> None:
+def terminate_active_steps(flow_run_id: str | None = None) -> None:
+    """Stop the step scripts this process runs (only those of `flow_run_id`, when given)."""
     with _ACTIVE_LOCK:
-        procs = list(_ACTIVE)
+        procs = [p for p, owner in _ACTIVE.items() if flow_run_id is None or owner == flow_run_id]
     for p in procs:
         try:
             os.killpg(p.pid, signal.SIGTERM)
@@ -279,8 +280,11 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as err:
             raise StepFailedError(f"Step {spec.name!r} could not start {argv[0]!r}: {err}") from err
+        from prefect.context import FlowRunContext
+
+        flow_ctx = FlowRunContext.get()
         with _ACTIVE_LOCK:
-            _ACTIVE.add(proc)
+            _ACTIVE[proc] = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None
         readers = [
             threading.Thread(target=_stream, args=(proc.stdout, None, logfile, lock, logger.info), daemon=True),
             threading.Thread(target=_stream, args=(proc.stderr, tail, logfile, lock, logger.warning), daemon=True),
@@ -295,7 +299,7 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         for t in readers:
             t.join()
         with _ACTIVE_LOCK:
-            _ACTIVE.discard(proc)
+            _ACTIVE.pop(proc, None)
     metrics = _collect_metrics(ctx_dir / "metrics.jsonl")
     store = sc.default_store
     rdir = run_dir(ctx, spec.name)

@@ -1,0 +1,50 @@
+"""The worker `prefect-aml worker start` runs: Prefect's process worker, with pipeline steps run warm.
+
+A plain process worker starts a new Python process for every flow run (several seconds before the
+step's own script starts: interpreter, Prefect, prefect-aml, the deployment). Step runs
+(`aml-step/<pool>` flow runs) need none of that isolation, since the step's script is a subprocess
+of its own anyway: this worker runs them in a thread of its already-warm process. Any other flow run on
+the pool is run exactly as Prefect's process worker runs it. The pool stays of type `process`, so
+`prefect worker start --pool <compute>` works too (with the per-run start-up cost).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from prefect.workers.process import ProcessWorker, ProcessWorkerResult
+
+_MARK = "aml-step-thread:"
+
+
+class AmlProcessWorker(ProcessWorker):
+    """A process worker that runs prefect-aml step flow runs in-process (threads)."""
+
+    type = "process"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._active: dict[str, Any] = {}
+
+    async def run(self, flow_run, configuration, task_status=None) -> ProcessWorkerResult:
+        if "aml-step" not in (flow_run.tags or []) or "task_run_id" not in (flow_run.parameters or {}):
+            return await super().run(flow_run, configuration, task_status)
+        if task_status is not None:
+            task_status.started(f"{_MARK}{flow_run.id}")
+        code = await anyio.to_thread.run_sync(self._run_step, flow_run, abandon_on_cancel=True)
+        return ProcessWorkerResult(status_code=code, identifier=f"{_MARK}{flow_run.id}")
+
+    def _run_step(self, flow_run) -> int:
+        from prefect.flow_engine import run_flow
+
+        from prefect_aml.flows.step import aml_step
+
+        state = run_flow(aml_step, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+        # a failed step is a finished run (its state says why); a non-zero code would mark it Crashed
+        return 0 if state.is_final() else 1
+
+
+async def serve(pool: str, name: str | None, limit: int) -> None:
+    async with AmlProcessWorker(work_pool_name=pool, name=name, limit=limit) as worker:
+        await worker.start(with_healthcheck=False, printer=print)
