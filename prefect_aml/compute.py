@@ -459,6 +459,15 @@ def resolve_compute(workspace: Workspace, name: str | None, step_name: str) -> d
     if name in (None, "", "local"):
         return None
     try:
-        return ComputeTarget(workspace, name)._run_definition()
+        definition = ComputeTarget(workspace, name)._run_definition()
     except ComputeTargetException as err:
         raise ComputeTargetException(f"Step {step_name!r}: {err}") from None
+    if definition["type"] == "DaskCompute" and definition["gpu"] and not definition["address"]:
+        import importlib.util
+
+        if importlib.util.find_spec("dask_cuda") is None:  # the cluster starts beside the pipeline flow, here
+            raise ComputeTargetException(
+                f"Step {step_name!r}: compute {name!r} starts a GPU Dask cluster (gpu=True), which needs dask-cuda "
+                "and an NVIDIA GPU on this machine: pip install 'prefect-aml[gpu]', or attach a running GPU "
+                "cluster with DaskCompute.attach_configuration(address=..., gpu=True).")
+    return definition

@@ -434,3 +434,21 @@ def test_docker_compute_runs_a_step_in_a_container(ws, tmp_path, docker_images):
     finally:
         worker.stop()
         docker.delete()
+
+
+@pytest.mark.skipif(_has_gpu() is None, reason="dask-cuda and a GPU are here: the real GPU test runs instead")
+def test_a_gpu_cluster_without_dask_cuda_fails_the_submit(ws, src):
+    import importlib.util
+
+    if importlib.util.find_spec("dask_cuda") is not None:
+        pytest.skip("dask-cuda is installed")
+    gpu = ComputeTarget.create(ws, _name("gpu"), DaskCompute.provisioning_configuration(gpu=True))
+    try:
+        step = PythonScriptStep("where.py", source_directory=src, compute_target=gpu,
+                                arguments=["--out", OutputFileDatasetConfig("o")])
+        exp = _exp(ws)
+        with pytest.raises(ComputeTargetException, match="needs dask-cuda.*prefect-aml\\[gpu\\]"):
+            exp.submit(Pipeline(ws, [step]))
+        assert list(exp.get_runs()) == []
+    finally:
+        gpu.delete()
