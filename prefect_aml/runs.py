@@ -54,8 +54,12 @@ class Experiment:
         return f"Experiment(name={self.name!r}, workspace={self.workspace.name!r})"
 
     def submit(self, config, tags: dict | None = None, pipeline_parameters: dict | None = None,
-               regenerate_outputs: bool = False, continue_on_step_failure: bool = False, **kwargs) -> PipelineRun:
-        """Run a `Pipeline`; returns its `PipelineRun` as soon as the run is created."""
+               regenerate_outputs: bool = False, continue_on_step_failure: bool = False,
+               pipeline_compute=None, **kwargs) -> PipelineRun:
+        """Run a `Pipeline`; returns its `PipelineRun` as soon as the run is created.
+
+        The pipeline flow runs in a background process here, or, with `pipeline_compute` (an
+        `AmlCompute`/`DockerCompute` or its name), on a worker of that compute."""
         from prefect_aml.pipeline.pipeline import Pipeline
 
         if not isinstance(config, Pipeline):
@@ -63,7 +67,7 @@ class Experiment:
         from prefect_aml.flows.submit import submit_pipeline
 
         return submit_pipeline(self, config, pipeline_parameters, tags or {}, regenerate_outputs,
-                               continue_on_step_failure)
+                               continue_on_step_failure, pipeline_compute=pipeline_compute)
 
     def get_runs(self, type=None, tags=None, properties=None, include_children: bool = False):
         """The experiment's pipeline runs, newest first."""

@@ -452,3 +452,28 @@ def test_a_gpu_cluster_without_dask_cuda_fails_the_submit(ws, src):
         assert list(exp.get_runs()) == []
     finally:
         gpu.delete()
+
+
+def test_the_pipeline_flow_itself_runs_on_a_named_compute(ws, src, tmp_path, pool_compute):
+    from prefect.client.orchestration import get_client
+
+    runner = pool_compute()
+    worker = Worker(ws, runner.name, "runner-node")
+    try:
+        step = PythonScriptStep("where.py", name="beside", source_directory=src,
+                                arguments=["--out", OutputFileDatasetConfig("o")], allow_reuse=False)
+        run = _exp(ws).submit(Pipeline(ws, [step]), pipeline_compute=runner)
+        assert run.wait_for_completion(show_output=False, timeout_seconds=180) == "Finished"
+        got = _intervals(run, ["beside"], tmp_path)["beside"]
+        assert got["node"] == "runner-node"  # the step ran beside the pipeline flow, on the worker
+        with get_client(sync_client=True) as client:
+            fr = client.read_flow_run(run.id)
+            assert client.read_deployment(fr.deployment_id).name == runner.name
+    finally:
+        worker.stop()
+    with pytest.raises(ComputeTargetException, match="pipeline_compute=.*work pool compute"):
+        dask = ComputeTarget.create(ws, _name("dask"), DaskCompute.provisioning_configuration())
+        try:
+            _exp(ws).submit(Pipeline(ws, [step]), pipeline_compute=dask)
+        finally:
+            dask.delete()

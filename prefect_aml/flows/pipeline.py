@@ -15,6 +15,7 @@ import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from graphlib import TopologicalSorter
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -152,6 +153,10 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
 
     logger = get_run_logger()
     run_id = str(get_run_context().flow_run.id)
+    if not Path(workspace.get("home") or ".").is_dir():  # on a worker of another machine: its own home
+        from prefect_aml._home import aml_home
+
+        workspace = {**workspace, "home": str(aml_home())}
     ws = Workspace(**workspace)
     ctx = {"run_id": run_id, "experiment_name": experiment_name, "workspace": workspace,
            "default_datastore": default_datastore, "parameters": parameters,

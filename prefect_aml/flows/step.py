@@ -21,7 +21,6 @@ from typing import Any
 from prefect import flow
 
 STEP_FLOW_NAME = "aml-step"
-ENTRYPOINT = "prefect_aml.flows.step.aml_step"
 HEARTBEAT_ENV = "PREFECT_AML_STEP_HEARTBEAT_SECONDS"
 DEFAULT_HEARTBEAT_S = 10.0
 HEARTBEAT_FILE = "heartbeat.json"
@@ -87,18 +86,23 @@ def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str
 
 def ensure_step_deployment(client, pool: str):
     """The `aml-step/<pool>` deployment its workers run steps from (created or updated; idempotent)."""
+    return ensure_deployment(client, STEP_FLOW_NAME, pool, aml_step)
+
+
+def ensure_deployment(client, flow_name: str, pool: str, fn):
+    """The `<flow_name>/<pool>` deployment of one of prefect-aml's own flows (created or updated)."""
     from prefect.utilities.callables import parameter_schema
 
-    flow_id = client.create_flow_from_name(STEP_FLOW_NAME)
+    flow_id = client.create_flow_from_name(flow_name)
     # the code is prefect-aml itself (installed on the worker, or in the image); the step's own code comes
     # from its snapshot. A pull step is needed all the same: without one, Prefect copies the run's working
     # directory as "flow code", and a container's working directory is its whole filesystem.
     pull_steps = [{"prefect.deployments.steps.set_working_directory": {"directory": "/tmp"}}]
     return client.create_deployment(
-        flow_id=flow_id, name=pool, work_pool_name=pool, entrypoint=ENTRYPOINT, pull_steps=pull_steps,
-        parameter_openapi_schema=parameter_schema(aml_step).model_dump(), enforce_parameter_schema=False,
-        description=f"Runs prefect-aml pipeline steps on work pool {pool!r}; started by pipeline runs.",
-        tags=["aml-step"])
+        flow_id=flow_id, name=pool, work_pool_name=pool, entrypoint=f"{fn.fn.__module__}.{fn.fn.__name__}",
+        pull_steps=pull_steps, parameter_openapi_schema=parameter_schema(fn).model_dump(),
+        enforce_parameter_schema=False, tags=[flow_name],
+        description=f"Runs prefect-aml {flow_name} flow runs on work pool {pool!r}; created by prefect-aml.")
 
 
 def _job_variables(compute: dict, environment: dict) -> dict[str, Any]:

@@ -116,14 +116,26 @@ def explain_reuse(pipeline, pipeline_parameters: dict | None = None, regenerate_
 
 
 def submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags, regenerate_outputs,
-                     continue_on_step_failure, show_plan: bool = True) -> PipelineRun:
+                     continue_on_step_failure, show_plan: bool = True, pipeline_compute=None) -> PipelineRun:
     from prefect_aml.flows.pipeline import aml_pipeline
+    from prefect_aml.pipeline.steps import _compute_name
     from prefect_aml.runs import EXPERIMENT_TAG, PipelineRun, _client
 
     ws = experiment.workspace
     spec = pipeline._build_spec()  # validates: nothing has been written yet
     values = pipeline._resolve_parameters(pipeline._closure(), pipeline_parameters)
     ws._activate()
+    runner_pool = None
+    if pipeline_compute is not None:
+        from prefect_aml.compute import resolve_compute
+        from prefect_aml.exceptions import ComputeTargetException
+
+        where = resolve_compute(ws, _compute_name(pipeline_compute), "(the pipeline flow)")
+        if not where or not where.get("pool"):
+            raise ComputeTargetException(
+                f"pipeline_compute={_compute_name(pipeline_compute)!r}: the pipeline flow runs on a work pool "
+                "compute (AmlCompute or DockerCompute); Dask computes run steps only.")
+        runner_pool = where["pool"]
     store = Datastore.get(ws, spec.default_datastore) if spec.default_datastore else ws.get_default_datastore()
     for name in {s.datastore for step in spec.steps for s in step.outputs if s.datastore}:
         Datastore.get(ws, name)  # every output datastore must exist before the run starts
@@ -134,16 +146,20 @@ def submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags,
                  "resource_group": ws.resource_group, "home": str(ws.home), "redis_url": ws.redis_url}
     user_tags = [f"{k}:{v}" if v not in (None, "") else str(k) for k, v in tags.items()]
     spec_path = store_spec(store, spec)  # flow-run parameters are size-limited: the spec lives on the datastore
+    parameters = {"spec_path": spec_path, "parameters": values, "experiment_name": experiment.name,
+                  "workspace": workspace, "default_datastore": store.name, "regenerate_outputs": regenerate_outputs,
+                  "continue_on_step_failure": continue_on_step_failure}
+    run_tags = [EXPERIMENT_TAG + experiment.name, "aml-pipeline", *user_tags]
     with _client() as client:
-        flow_run = client.create_flow_run(
-            aml_pipeline,
-            parameters={"spec_path": spec_path, "parameters": values, "experiment_name": experiment.name,
-                        "workspace": workspace, "default_datastore": store.name,
-                        "regenerate_outputs": regenerate_outputs,
-                        "continue_on_step_failure": continue_on_step_failure},
-            tags=[EXPERIMENT_TAG + experiment.name, "aml-pipeline", *user_tags],
-        )
-    _start_runner(ws, str(flow_run.id))
+        if runner_pool:  # a worker of that compute starts it
+            from prefect_aml.flows.step import ensure_deployment
+
+            deployment_id = ensure_deployment(client, "aml-pipeline", runner_pool, aml_pipeline)
+            flow_run = client.create_flow_run_from_deployment(deployment_id, parameters=parameters, tags=run_tags)
+        else:
+            flow_run = client.create_flow_run(aml_pipeline, parameters=parameters, tags=run_tags)
+    if not runner_pool:
+        _start_runner(ws, str(flow_run.id))
     if show_plan:  # the runner needs a moment to start; meanwhile say what will run and why
         print(f"Submitted pipeline run {flow_run.id} (experiment {experiment.name!r}):")
         for name, plan in _plan(spec, values, store, ws, str(flow_run.id), regenerate_outputs).items():

@@ -300,7 +300,7 @@ class Pipeline:
 
         return Experiment(self.workspace, experiment_name).submit(
             self, pipeline_parameters=pipeline_parameters, continue_on_step_failure=continue_on_step_failure,
-            regenerate_outputs=regenerate_outputs, tags=tags,
+            regenerate_outputs=regenerate_outputs, tags=tags, pipeline_compute=kw.get("pipeline_compute"),
         )
 
     def explain_reuse(self, pipeline_parameters: dict | None = None, regenerate_outputs: bool = False,
