@@ -477,3 +477,33 @@ def test_the_pipeline_flow_itself_runs_on_a_named_compute(ws, src, tmp_path, poo
             _exp(ws).submit(Pipeline(ws, [step]), pipeline_compute=dask)
         finally:
             dask.delete()
+
+
+@pytest.mark.parametrize("where", ["pipeline-on-worker", "step-on-worker"])
+def test_cancel_stops_steps_running_on_workers(ws, tmp_path, pool_compute, where):
+    cpu = pool_compute()
+    worker = Worker(ws, cpu.name, "cancel-node")
+    marker = tmp_path / "pid.txt"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hang.py").write_text(f"import os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\n"
+                                 "time.sleep(300)\n")
+    try:
+        step = PythonScriptStep("hang.py", source_directory=str(src), allow_reuse=False,
+                                compute_target=cpu if where == "step-on-worker" else None)
+        run = _exp(ws).submit(Pipeline(ws, [step]), pipeline_compute=cpu if where == "pipeline-on-worker" else None)
+        deadline = time.monotonic() + 90
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the step never started"
+            time.sleep(0.3)
+        pid = int(marker.read_text())
+        assert psutil.Process(pid).ppid() == worker.proc.pid  # the script runs under the worker's own process
+        run.cancel()
+        assert run.wait_for_completion(show_output=False, timeout_seconds=90, raise_on_error=False) == "Canceled"
+        deadline = time.monotonic() + 15
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the step's script is still running"
+            time.sleep(0.2)
+        assert worker.proc.poll() is None  # the worker lives on
+    finally:
+        worker.stop()

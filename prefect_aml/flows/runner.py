@@ -14,7 +14,11 @@ import threading
 from uuid import UUID
 
 
-def _watch(flow_run_id: UUID, done: threading.Event) -> None:
+def watch_for_cancel(flow_run_id: UUID, done: threading.Event, in_thread: bool = False) -> None:
+    """Until `done`: when the pipeline run is cancelled, cancel its steps and stop their scripts.
+
+    In a runner process of its own the process then exits; in a worker's thread only this run's
+    scripts are stopped (its steps then fail, and no new step starts)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
     from prefect.states import Cancelled, Cancelling, StateType
@@ -41,6 +45,9 @@ def _watch(flow_run_id: UUID, done: threading.Event) -> None:
                     state = Cancelling if fr.state_type == StateType.RUNNING else Cancelled
                     client.set_flow_run_state(fr.id, state(message="The pipeline run was canceled."), force=True)
             client.set_flow_run_state(flow_run_id, Cancelled(message="The pipeline run was canceled."), force=True)
+            if in_thread:
+                terminate_active_steps(str(flow_run_id))
+                return
             terminate_active_steps()  # after the states are set, so the engine cannot record a failure first
             os._exit(0)
 
@@ -55,7 +62,7 @@ def main(flow_run_id: str) -> int:
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run_id)
     done = threading.Event()
-    threading.Thread(target=_watch, args=(run_id, done), daemon=True).start()
+    threading.Thread(target=watch_for_cancel, args=(run_id, done), daemon=True).start()
     try:
         state = run_flow(aml_pipeline, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
     finally:

@@ -1,10 +1,11 @@
-"""The worker `prefect-aml worker start` runs: Prefect's process worker, with pipeline steps run warm.
+"""The worker `prefect-aml worker start` runs: Prefect's process worker, with prefect-aml's flows run warm.
 
 A plain process worker starts a new Python process for every flow run (several seconds before the
 step's own script starts: interpreter, Prefect, prefect-aml, the deployment). Step runs
-(`aml-step/<pool>` flow runs) need none of that isolation, since the step's script is a subprocess
-of its own anyway: this worker runs them in a thread of its already-warm process. Any other flow run on
-the pool is run exactly as Prefect's process worker runs it. The pool stays of type `process`, so
+(`aml-step/<pool>`) and pipeline runs (`aml-pipeline/<pool>`) need none of that isolation, since
+every step's script is a subprocess of its own anyway: this worker runs them in threads of its
+already-warm process. Any other flow run on the pool is run exactly as Prefect's process worker
+runs it. The pool stays of type `process`, so
 `prefect worker start --pool <compute>` works too (with the per-run start-up cost).
 """
 
@@ -28,20 +29,43 @@ class AmlProcessWorker(ProcessWorker):
         self._active: dict[str, Any] = {}
 
     async def run(self, flow_run, configuration, task_status=None) -> ProcessWorkerResult:
-        if "aml-step" not in (flow_run.tags or []) or "task_run_id" not in (flow_run.parameters or {}):
+        fn = self._own_flow(flow_run)
+        if fn is None:
             return await super().run(flow_run, configuration, task_status)
         if task_status is not None:
             task_status.started(f"{_MARK}{flow_run.id}")
-        code = await anyio.to_thread.run_sync(self._run_step, flow_run, abandon_on_cancel=True)
+        code = await anyio.to_thread.run_sync(self._run_warm, fn, flow_run, abandon_on_cancel=True)
         return ProcessWorkerResult(status_code=code, identifier=f"{_MARK}{flow_run.id}")
 
-    def _run_step(self, flow_run) -> int:
+    @staticmethod
+    def _own_flow(flow_run):
+        """prefect-aml's step and pipeline flows run warm; everything else as Prefect runs it."""
+        tags, params = set(flow_run.tags or []), flow_run.parameters or {}
+        if "aml-step" in tags and "task_run_id" in params:
+            from prefect_aml.flows.step import aml_step
+
+            return aml_step
+        if "aml-pipeline" in tags and "spec_path" in params:
+            from prefect_aml.flows.pipeline import aml_pipeline
+
+            return aml_pipeline
+        return None
+
+    def _run_warm(self, fn, flow_run) -> int:
+        import threading
+
         from prefect.flow_engine import run_flow
 
-        from prefect_aml.flows.step import aml_step
+        from prefect_aml.flows.runner import watch_for_cancel
 
-        state = run_flow(aml_step, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
-        # a failed step is a finished run (its state says why); a non-zero code would mark it Crashed
+        done = threading.Event()
+        if fn.name == "aml-pipeline":  # the step flow watches for its own cancellation
+            threading.Thread(target=watch_for_cancel, args=(flow_run.id, done, True), daemon=True).start()
+        try:
+            state = run_flow(fn, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+        finally:
+            done.set()
+        # a failed run is a finished run (its state says why); a non-zero code would mark it Crashed
         return 0 if state.is_final() else 1
 
 
