@@ -148,40 +148,30 @@ def main() -> None:
 
         # -- 2. submit -> first line of a step on a process pool
         latency = {}
+
+        def first_line(cpu, mode: str, poll: float) -> float:
+            step = PythonScriptStep("first.py", source_directory=str(src), compute_target=cpu,
+                                    arguments=[OutputFileDatasetConfig("o")], allow_reuse=False)
+            t0 = time.time()
+            run = exp.submit(Pipeline(ws, [step]), pipeline_compute=cpu if mode == "pipeline_on_pool" else None)
+            assert run.wait_for_completion(show_output=False) == "Finished"
+            folder = run.get_steps()[0].get_output_data("o").download(str(state / run.id), show_progress=False)
+            took = json.loads(Path(folder, "t.json").read_text())["started"] - t0
+            time.sleep(poll * 0.37)  # the next submit lands at another point of the poll cycle
+            return took
+
         for poll in (1.0, 10.0):
             name = f"bench-cpu-{int(poll)}s"
-            cpu = ComputeTarget.create(ws, name, AmlCompute.provisioning_configuration(max_nodes=1))
+            cpu = ComputeTarget.create(ws, name, AmlCompute.provisioning_configuration(max_nodes=2))
             worker = Service(f"worker-{name}", state, [str(BIN / "prefect-aml"), "worker", "start", name,
                                                        "--poll-seconds", str(poll)],
                              lambda n=name: ComputeTarget(ws, n).get_status().serialize()["currentNodeCount"] >= 1)
             services.append(worker)
             time.sleep(poll + 1)  # the worker is polling in its steady state
-            lat = []
-            for _ in range(args.repeat):
-                out = OutputFileDatasetConfig("o")
-                step = PythonScriptStep("first.py", source_directory=str(src), compute_target=cpu,
-                                        arguments=[out], allow_reuse=False)
-                t0 = time.time()
-                run = exp.submit(Pipeline(ws, [step]))
-                assert run.wait_for_completion(show_output=False) == "Finished"
-                folder = run.get_steps()[0].get_output_data("o").download(str(state / run.id), show_progress=False)
-                lat.append(json.loads(Path(folder, "t.json").read_text())["started"] - t0)
-                if os.environ.get("BENCH_DEBUG"):
-                    from prefect.client.orchestration import get_client
-                    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-
-                    with get_client(sync_client=True) as client:
-                        fr = client.read_flow_run(run.id)
-                        (child,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
-                        states = client.read_flow_run_states(child.id)
-                    print("pipeline created", round(fr.created.timestamp() - t0, 2), "started",
-                          round(fr.start_time.timestamp() - t0, 2), "step run created",
-                          round(child.created.timestamp() - t0, 2),
-                          [(st.name, round(st.timestamp.timestamp() - t0, 2)) for st in states], "script", lat[-1])
-                time.sleep(poll * 0.37)  # land at different points of the poll cycle
-            latency[f"poll_{int(poll)}s"] = {"median_s": round(median(lat), 2), "min_s": round(min(lat), 2),
-                                            "max_s": round(max(lat), 2)}
+            for mode in ("local_runner", "pipeline_on_pool"):
+                lat = [first_line(cpu, mode, poll) for _ in range(args.repeat)]
+                latency[f"{mode}_poll_{int(poll)}s"] = {"median_s": round(median(lat), 2),
+                                                        "min_s": round(min(lat), 2), "max_s": round(max(lat), 2)}
             worker.stop()
             services.remove(worker)
         print("latency:", json.dumps(latency), flush=True)

@@ -222,7 +222,7 @@ class ComputeTarget:
         b = self._block
         return {"name": b.compute_name, "type": b.compute_type, "pool": b.work_pool, "address": b.address,
                 "n_workers": b.n_workers, "threads_per_worker": b.threads_per_worker, "gpu": b.gpu,
-                "image": b.image, "volumes": list(b.volumes), "network_mode": b.network_mode,
+                "image": b.image, "volumes": list(b.volumes), "network_mode": b.network_mode, "max_nodes": b.max_nodes,
                 "mem_limit": _mem_limit(b.vm_size) if b.compute_type == "DockerCompute" else None}
 
     def __repr__(self) -> str:

@@ -471,6 +471,11 @@ def test_the_pipeline_flow_itself_runs_on_a_named_compute(ws, src, tmp_path, poo
             assert client.read_deployment(fr.deployment_id).name == runner.name
     finally:
         worker.stop()
+    single = pool_compute(max_nodes=1)
+    on_single = PythonScriptStep("where.py", name="on-single", source_directory=src, compute_target=single,
+                                 arguments=["--out", OutputFileDatasetConfig("o")])
+    with pytest.raises(ComputeTargetException, match="max_nodes=1: the pipeline flow would hold its only slot"):
+        _exp(ws).submit(Pipeline(ws, [on_single]), pipeline_compute=single)
     with pytest.raises(ComputeTargetException, match="pipeline_compute=.*work pool compute"):
         dask = ComputeTarget.create(ws, _name("dask"), DaskCompute.provisioning_configuration())
         try:

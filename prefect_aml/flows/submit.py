@@ -125,6 +125,7 @@ def submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags,
     spec = pipeline._build_spec()  # validates: nothing has been written yet
     values = pipeline._resolve_parameters(pipeline._closure(), pipeline_parameters)
     ws._activate()
+    resolve_computes(spec, ws)
     runner_pool = None
     if pipeline_compute is not None:
         from prefect_aml.compute import resolve_compute
@@ -136,10 +137,15 @@ def submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags,
                 f"pipeline_compute={_compute_name(pipeline_compute)!r}: the pipeline flow runs on a work pool "
                 "compute (AmlCompute or DockerCompute); Dask computes run steps only.")
         runner_pool = where["pool"]
+        sharing = [s.name for s in spec.steps if (s.compute or {}).get("pool") == runner_pool]
+        if sharing and (where.get("max_nodes") or 1) < 2:
+            raise ComputeTargetException(
+                f"pipeline_compute={where['name']!r} has max_nodes={where.get('max_nodes')}: the pipeline flow would "
+                f"hold its only slot while its steps {sharing} wait for one. Give the pipeline flow another compute, "
+                "or raise max_nodes.")
     store = Datastore.get(ws, spec.default_datastore) if spec.default_datastore else ws.get_default_datastore()
     for name in {s.datastore for step in spec.steps for s in step.outputs if s.datastore}:
         Datastore.get(ws, name)  # every output datastore must exist before the run starts
-    resolve_computes(spec, ws)
     check_registered_inputs(spec, store, ws)
     prepare_sources(spec, store, ws.home)
     workspace = {"workspace_name": ws.name, "subscription_id": ws.subscription_id,

@@ -34,6 +34,10 @@ class AmlProcessWorker(ProcessWorker):
             return await super().run(flow_run, configuration, task_status)
         if task_status is not None:
             task_status.started(f"{_MARK}{flow_run.id}")
+        if fn.name == "aml-pipeline":
+            # a pipeline flow only orchestrates: it does not hold one of this worker's slots (`--limit`),
+            # so a one-slot worker can run the steps it sends to its own pool
+            self._release_limit_slot(flow_run.id)
         code = await anyio.to_thread.run_sync(self._run_warm, fn, flow_run, abandon_on_cancel=True)
         return ProcessWorkerResult(status_code=code, identifier=f"{_MARK}{flow_run.id}")
 
