@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from prefect_aml import (
+    AmlCompute,
+    ComputeTarget,
     DataPath,
     Experiment,
     OutputFileDatasetConfig,
@@ -147,7 +149,12 @@ def test_changes_outside_the_key_keep_reuse(project):
     (project.root / "prep_src" / "notes.md").write_text("unrelated\n")
     t = project.root / "train_src" / "train.py"
     t.write_text(t.read_text() + "\n# comment in another step\n")
-    steps = project.run(project.pipeline(hash_paths=["prep.py"], compute_target="other-compute"))
+    # a compute with no worker: the reused step is never sent there (it would fail for want of a worker)
+    other = ComputeTarget.create(project.ws, f"other-{project.tag}", AmlCompute.provisioning_configuration())
+    try:
+        steps = project.run(project.pipeline(hash_paths=["prep.py"], compute_target=other))
+    finally:
+        other.delete()
     assert steps["prep"].reused and not steps["train"].reused
 
 
