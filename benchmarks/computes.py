@@ -4,9 +4,10 @@
    compute, against the same 8 scripts run one after another as plain subprocesses (the sequential
    time). The ideal on 2 workers is half the sequential time; the ratio is pipeline / ideal. Both an
    attached cluster (scheduler and workers already running) and a cluster started per run.
-2. Latency: `submit()` to the first line of a step's script on an `AmlCompute` (a real process
-   worker), with the worker polling every 1 s (`prefect-aml worker start`) and every 10 s
-   (Prefect's default).
+2. Latency: `submit()` to the first line of a step's script on an `AmlCompute` (a real worker), with
+   the pipeline flow in a local runner process or itself on the pool (`pipeline_compute=`): for
+   `prefect-aml worker start` (1 s poll, runs warm) and Prefect's own `prefect worker start` (a new
+   process per flow run) with a 1 s poll and with its default 10 s poll.
 
 Starts a Prefect server on PostgreSQL (127.0.0.1:5432). Reports medians over --repeat rounds.
 
@@ -168,18 +169,24 @@ def main() -> None:
             time.sleep(poll * 0.37)  # the next submit lands at another point of the poll cycle
             return took
 
-        for poll in (1.0, 10.0):
-            name = f"bench-cpu-{int(poll)}s"
+        workers = (("prefect_aml_worker", 1.0, ["prefect-aml", "worker", "start", "{name}", "--poll-seconds", "1"]),
+                   ("prefect_worker", 1.0, ["prefect", "worker", "start", "--pool", "{name}", "--type", "process"]),
+                   ("prefect_worker", 10.0, ["prefect", "worker", "start", "--pool", "{name}", "--type", "process"]))
+        for kind, poll, argv in workers:
+            name = f"bench-{kind.replace('_', '-')}-{int(poll)}s"
             cpu = ComputeTarget.create(ws, name, AmlCompute.provisioning_configuration(max_nodes=2))
-            worker = Service(f"worker-{name}", state, [str(BIN / "prefect-aml"), "worker", "start", name,
-                                                       "--poll-seconds", str(poll)],
-                             lambda n=name: ComputeTarget(ws, n).get_status().serialize()["currentNodeCount"] >= 1)
+            env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS=str(poll), PREFECT_WORKER_PREFETCH_SECONDS="10")
+            worker = Service(f"worker-{name}", state, [str(BIN / argv[0]), *(a.format(name=name) for a in argv[1:])],
+                             lambda n=name: ComputeTarget(ws, n).get_status().serialize()["currentNodeCount"] >= 1,
+                             env=env)
             services.append(worker)
             time.sleep(poll + 1)  # the worker is polling in its steady state
             for mode in ("local_runner", "pipeline_on_pool"):
                 lat = [first_line(cpu, mode, poll) for _ in range(args.repeat)]
-                latency[f"{mode}_poll_{int(poll)}s"] = {"median_s": round(median(lat), 2),
-                                                        "min_s": round(min(lat), 2), "max_s": round(max(lat), 2)}
+                latency[f"{kind}_poll_{int(poll)}s_{mode}"] = {"median_s": round(median(lat), 2),
+                                                               "min_s": round(min(lat), 2), "max_s": round(max(lat), 2)}
+                print(f"latency {kind} poll {poll:g}s {mode}: {latency[f'{kind}_poll_{int(poll)}s_{mode}']}",
+                      flush=True)
             worker.stop()
             services.remove(worker)
         print("latency:", json.dumps(latency), flush=True)

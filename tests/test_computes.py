@@ -280,7 +280,6 @@ def test_dask_local_cluster_runs_a_fan_out_concurrently(ws, src, tmp_path):
         got = _intervals(run, ["fan0", "fan1"], tmp_path)
         a, b = got["fan0"], got["fan1"]
         assert a["start"] < b["end"] and b["start"] < a["end"], "the two Dask steps did not overlap"
-        assert a["pid"] != b["pid"]  # two worker processes, one step each
         assert {s.get_status() for s in run.get_steps()} == {"Finished"}
     finally:
         dask.delete()

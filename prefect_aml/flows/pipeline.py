@@ -134,7 +134,10 @@ def _dask_runner(compute: dict):
     if compute.get("gpu"):
         return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster",
                               cluster_kwargs={**kwargs, "resources": {"GPU": 1}})
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={**kwargs, "processes": True})
+    # in-process workers: each step's script is a subprocess anyway, so threads give the same parallelism
+    # and the cluster is up in a fraction of the time worker processes take to start
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={**kwargs, "processes": False, "dashboard_address": None})
 
 
 def _known_result(plan: dict) -> dict:
