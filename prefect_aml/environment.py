@@ -12,8 +12,9 @@ a work pool (image, env) and is part of the step's reuse key, so changing it re-
     rc = RunConfiguration()
     rc.environment = Environment.get(ws, "train-env")
 
-Packages are not installed for you: on process and Dask computes the step runs in the worker's
-Python (or `python.interpreter_path`), on Docker computes in the image. They are recorded, shown
+Packages are not installed by prefect-aml: on process and Dask computes the step runs in the worker's
+Python (or `python.interpreter_path`), on Docker computes in the image (pip packages are passed as
+`EXTRA_PIP_PACKAGES`, which Prefect's own images install when the container starts). They are recorded, shown
 in the run's details and part of the reuse key. Curated names (`AzureML-*`) that are not registered
 resolve to the worker's own Python environment, with a one-time warning.
 """

@@ -21,6 +21,7 @@ from prefect_aml import (
     AmlCompute,
     ComputeTarget,
     ComputeTargetException,
+    CondaDependencies,
     DaskCompute,
     Experiment,
     OutputFileDatasetConfig,
@@ -405,7 +406,8 @@ def test_docker_compute_runs_a_step_in_a_container(ws, tmp_path, docker_images):
         p = argparse.ArgumentParser(); p.add_argument("--out"); args = p.parse_args()
         os.makedirs(args.out, exist_ok=True)
         json.dump({"container": os.path.exists("/.dockerenv"), "image": open("/image-name").read(),
-                   "color": os.environ.get("COLOR")}, open(os.path.join(args.out, "inside.json"), "w"))
+                   "color": os.environ.get("COLOR"), "pip": os.environ.get("EXTRA_PIP_PACKAGES")},
+                  open(os.path.join(args.out, "inside.json"), "w"))
     """))
     worker = Worker(ws, docker.name, "docker-host")
     try:
@@ -417,6 +419,7 @@ def test_docker_compute_runs_a_step_in_a_container(ws, tmp_path, docker_images):
         rc.environment = Environment(_name("img"))
         rc.environment.docker.base_image = env_image
         rc.environment.environment_variables = {"COLOR": "teal"}
+        rc.environment.python.conda_dependencies = CondaDependencies.create(pip_packages=["tqdm", "rich>=13"])
         steps = [PythonScriptStep("inside.py", name=name, source_directory=str(src), compute_target=docker,
                                   runconfig=config, arguments=["--out", OutputFileDatasetConfig("o")],
                                   allow_reuse=False)
@@ -428,8 +431,9 @@ def test_docker_compute_runs_a_step_in_a_container(ws, tmp_path, docker_images):
             folder = run.find_step_run(s.name)[0].get_output_data("o").download(str(tmp_path / s.name),
                                                                                 show_progress=False)
             seen[s.name] = json.loads(Path(folder, "inside.json").read_text())
-        assert seen["default-image"] == {"container": True, "image": "compute", "color": None}
-        assert seen["env-image"] == {"container": True, "image": "env", "color": "teal"}
+        assert seen["default-image"] == {"container": True, "image": "compute", "color": None, "pip": None}
+        # pip packages reach the container as Prefect's images expect them (this image installs nothing)
+        assert seen["env-image"] == {"container": True, "image": "env", "color": "teal", "pip": "tqdm rich>=13"}
     finally:
         worker.stop()
         docker.delete()

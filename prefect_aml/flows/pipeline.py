@@ -2,7 +2,9 @@
 
 First every step is planned (its reuse key and why it will run or be reused); then steps are
 submitted as their upstream steps finish. Independent steps run at the same time (a thread pool;
-each step is its own subprocess). A reused step is a task run in state Cached that never enters its
+each step is its own subprocess). Each step runs where its compute says: beside this flow; on a
+Dask compute, as a task run executed by a Dask worker (`DaskTaskRunner`); on a work-pool compute,
+as a flow run on that pool which the step's task waits for (`flows/step.py`). A reused step is a task run in state Cached that never enters its
 body: when the plan has resolved the hit, the task run is recorded at once (the state events
 Prefect's engine would emit); otherwise the task's cache policy decides. When a step fails, no new
 step starts unless `continue_on_step_failure`, in which case every step that does not depend on the

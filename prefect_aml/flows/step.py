@@ -112,6 +112,9 @@ def _job_variables(compute: dict, environment: dict) -> dict[str, Any]:
     jv: dict[str, Any] = {k: compute[k] for k in ("volumes", "network_mode", "mem_limit") if compute.get(k)}
     if image:
         jv["image"] = image
+    pip = (environment.get("packages") or {}).get("pip_packages")
+    if pip and not environment.get("user_managed"):  # Prefect's images install these when the container starts
+        jv["env"] = {"EXTRA_PIP_PACKAGES": " ".join(pip)}
     return jv
 
 
