@@ -24,6 +24,7 @@ STEP_FLOW_NAME = "aml-step"
 HEARTBEAT_ENV = "PREFECT_AML_STEP_HEARTBEAT_SECONDS"
 DEFAULT_HEARTBEAT_S = 10.0
 HEARTBEAT_FILE = "heartbeat.json"
+API_PATIENCE_S = 300.0  # how long a step waits through an unreachable Prefect API before it gives up
 
 
 def heartbeat_seconds() -> float:
@@ -169,12 +170,18 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
         created = time.monotonic()
         last_beat, last_change = None, None
         next_check = created + wait_s
+        unreachable_since = None
         while True:
             time.sleep(0.25)
             try:
                 state = client.read_flow_run(run.id).state
-            except Exception:  # the API blinked: look again
+            except Exception as err:  # the API blinked: look again, for a while
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > API_PATIENCE_S:
+                    raise StepFailedError(f"Step {spec.name!r}: the Prefect API did not answer for "
+                                          f"{API_PATIENCE_S:.0f} s while waiting for flow run {run.id}: {err}") from err
                 continue
+            unreachable_since = None
             now = time.monotonic()
             if state.is_final():
                 if state.is_completed():
