@@ -113,13 +113,25 @@ class _DaskClusters:
         self._stack = ExitStack()
         self._runners: dict[str, Any] = {}
 
-    def submit(self, compute: dict, task, parameters: dict):
-        import dask
+    def start(self, computes: list[dict]) -> None:
+        """Connect to (or start) the clusters a run will use, before its first step is ready.
 
+        GPU clusters start on first use: they are costly, and a fully reused run needs none."""
+        for compute in computes:
+            if not compute.get("gpu") or compute.get("address"):
+                self._runner(compute)
+
+    def _runner(self, compute: dict):
         runner = self._runners.get(compute["name"])
         if runner is None:
             runner = self._stack.enter_context(_dask_runner(compute))
             self._runners[compute["name"]] = runner
+        return runner
+
+    def submit(self, compute: dict, task, parameters: dict):
+        import dask
+
+        runner = self._runner(compute)
         with dask.annotate(resources={"GPU": 1}) if compute.get("gpu") else nullcontext():
             return runner.submit(task, parameters)
 
@@ -168,14 +180,23 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
            "regenerate_outputs": regenerate_outputs, "ui_url": ws.api_url_or_default().removesuffix("/api")}
     sc = StepContext(ctx)
     pipeline = load_spec(sc.default_store, spec_path)
-    with ThreadPoolExecutor(2) as pool:  # two server round trips, while the plan reads the datastore
-        graph = pool.submit(contextvars.copy_context().run, create_markdown_artifact,
-                            f"```mermaid\n{pipeline.mermaid()}\n```", key="pipeline-graph",
-                            description="The pipeline's steps and the data between them")
-        storage_future = pool.submit(contextvars.copy_context().run, AmlResultStorage.on, sc.default_store)
-        plans = plan_pipeline(pipeline, ctx, sc.store)
-        storage = storage_future.result()
-        graph.result()
+    clusters = _DaskClusters()
+    try:
+        # two server round trips and the Dask clusters' start, while the plan reads the datastore
+        with ThreadPoolExecutor(3) as pool:
+            graph = pool.submit(contextvars.copy_context().run, create_markdown_artifact,
+                                f"```mermaid\n{pipeline.mermaid()}\n```", key="pipeline-graph",
+                                description="The pipeline's steps and the data between them")
+            storage_future = pool.submit(contextvars.copy_context().run, AmlResultStorage.on, sc.default_store)
+            dask_ready = pool.submit(contextvars.copy_context().run, clusters.start,
+                                     [s.compute for s in pipeline.steps if (s.compute or {}).get("type") == "DaskCompute"])
+            plans = plan_pipeline(pipeline, ctx, sc.store)
+            storage = storage_future.result()
+            graph.result()
+            dask_ready.result()
+    except BaseException:
+        clusters.close()
+        raise
     for name, plan in plans.items():
         logger.info(f"step {name}: {plan['explanation']}")
     policy = StepCachePolicy().configure(
@@ -216,7 +237,6 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                     plans[name]["record"] = read_json(sc.default_store, f"{REUSE_PREFIX}/{plans[name]['key']}.json")
                 reused[name] = _reuse_record(ctx, name, plans[name], results[name], str(future.task_run_id), logger)
 
-    clusters = _DaskClusters()
     try:
         while sorter.is_active():
             for name in sorter.get_ready():
