@@ -11,7 +11,7 @@
 
 Starts a Prefect server on PostgreSQL (127.0.0.1:5432). Reports medians over --repeat rounds.
 
-    python benchmarks/computes.py [--repeat 3] [--json out.json]
+    python benchmarks/computes.py [--repeat 3] [--only fan-out|latency] [--json out.json]
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--only", choices=["fan-out", "latency"], default=None)
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="aml-bench-computes-"))
     os.environ["PREFECT_AML_HOME"] = str(state / "home")
@@ -137,7 +138,7 @@ def main() -> None:
             return took, (fr.end_time - fr.start_time).total_seconds(), span
 
         rows = {"sequential": [], "attached": [], "per_run_cluster": []}
-        for _ in range(args.repeat if not os.environ.get("BENCH_SKIP_FAN") else 0):
+        for _ in range(args.repeat if args.only != "latency" else 0):
             rows["sequential"].append(sequential())
             rows["attached"].append(fan_out(attached))
             rows["per_run_cluster"].append(fan_out(local))
@@ -172,7 +173,7 @@ def main() -> None:
         workers = (("prefect_aml_worker", 1.0, ["prefect-aml", "worker", "start", "{name}", "--poll-seconds", "1"]),
                    ("prefect_worker", 1.0, ["prefect", "worker", "start", "--pool", "{name}", "--type", "process"]),
                    ("prefect_worker", 10.0, ["prefect", "worker", "start", "--pool", "{name}", "--type", "process"]))
-        for kind, poll, argv in workers:
+        for kind, poll, argv in workers if args.only != "fan-out" else ():
             name = f"bench-{kind.replace('_', '-')}-{int(poll)}s"
             cpu = ComputeTarget.create(ws, name, AmlCompute.provisioning_configuration(max_nodes=2))
             env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS=str(poll), PREFECT_WORKER_PREFETCH_SECONDS="10")

@@ -154,6 +154,14 @@ def _dask_runner(compute: dict):
                           cluster_kwargs={**kwargs, "processes": False, "dashboard_address": None})
 
 
+def _was_cancelled(run_id: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state_type in (StateType.CANCELLING, StateType.CANCELLED)
+
+
 def _known_result(plan: dict) -> dict:
     """What a step the plan will reuse returns: its earlier outputs (known before it is dispatched)."""
     rec = plan["record"]
@@ -282,6 +290,10 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
         for name, record in reused.items():
             publish_metrics(name, record.get("metrics", {}))
     if failed:
+        if _was_cancelled(run_id):  # its steps failed because the run was cancelled: it stays Cancelled
+            from prefect.states import Cancelled
+
+            return Cancelled(message="The pipeline run was canceled.")
         first = next(iter(failed))
         raise StepFailedError(
             f"Pipeline failed: {len(failed)} step(s) failed {sorted(failed)}"
