@@ -168,7 +168,7 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
         logger.info(f"Step {spec.name!r} sent to compute {compute['name']!r} (work pool {pool!r}) as flow run "
                     f"{run.id}" + (f": {ui}/runs/flow-run/{run.id}" if ui else ""))
         created = time.monotonic()
-        last_beat, last_change = None, None
+        last_beat, last_change, next_beat_check = None, None, 0.0
         next_check = created + wait_s
         unreachable_since = None
         while True:
@@ -190,6 +190,9 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
                 raise StepFailedError(f"Step {spec.name!r} on compute {compute['name']!r} ended {state.name}: "
                                       f"{_failure_message(state)}")
             if state.type == StateType.RUNNING:
+                if last_change is not None and now < next_beat_check:
+                    continue
+                next_beat_check = now + beat_s / 2  # the heartbeat file is read twice a beat, not every poll
                 beat = read_json(store, hb_path)
                 if beat != last_beat or last_change is None:
                     last_beat, last_change = beat, now
