@@ -13,6 +13,7 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from prefect_aml.blocks.datasets import version_block_name
 from prefect_aml.exceptions import ComputeTargetException
 
 _COMPUTE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}$")
@@ -28,8 +29,7 @@ def compute_block_name(name: str) -> str:
 
 
 def environment_block_name(name: str, version: int) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "environment"
-    return f"env-{slug[:80]}-v{version}"
+    return "env-" + version_block_name(name, version)
 
 
 class ComputeTargetBlock(Block):
