@@ -18,6 +18,9 @@ from prefect_aml.blocks.datastores import (
 from prefect_aml.compute import AmlCompute, ComputeTarget, DaskCompute, DockerCompute
 from prefect_aml.dataset import Dataset, FileDataset, MountContext, TabularDataset
 from prefect_aml.datastore import Datastore
+from prefect_aml.deployments.endpoint import PipelineEndpoint, PipelineVersion
+from prefect_aml.deployments.published import PublishedPipeline, PublishedPipelineDisabledError
+from prefect_aml.deployments.schedule import Schedule, ScheduleException, ScheduleRecurrence
 from prefect_aml.environment import (
     DEFAULT_CPU_IMAGE,
     DEFAULT_GPU_IMAGE,
@@ -68,4 +71,6 @@ __all__ = [
     "OutputTabularDatasetConfig", "Pipeline", "PipelineData", "PipelineParameter", "PipelineRun",
     "PipelineValidationError", "PythonScriptStep", "Run", "S3Datastore", "StepFailedError", "StepRun",
     "StepSequence", "TabularDataset", "UserErrorException", "Workspace", "WorkspaceException",
+    "PipelineEndpoint", "PipelineVersion", "PublishedPipeline", "PublishedPipelineDisabledError", "Schedule",
+    "ScheduleException", "ScheduleRecurrence",
 ]

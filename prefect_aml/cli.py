@@ -141,5 +141,55 @@ def explain(
     pipeline.explain_reuse(pipeline_parameters=params or None, regenerate_outputs=regenerate_outputs)
 
 
+@app.command("serve")
+def serve(
+    host: str = typer.Option("127.0.0.1", help="the address to listen on"),
+    port: int = typer.Option(8788, help="the port to listen on"),
+    token: str = typer.Option(None, envvar="PREFECT_AML_SERVE_TOKEN",
+                              help="the bearer token callers must send (default: $PREFECT_AML_SERVE_TOKEN)"),
+    triggers: bool = typer.Option(True, help="also watch the datastore triggers (as `prefect-aml triggers watch`)"),
+) -> None:
+    """Serve Azure ML's REST routes for published pipelines and endpoints (OpenAPI at /openapi.json)."""
+    import threading
+
+    import uvicorn
+
+    from prefect_aml import Workspace
+    from prefect_aml.deployments.rest import create_app
+
+    if not token:
+        typer.echo("Set a bearer token: --token or PREFECT_AML_SERVE_TOKEN (callers send "
+                   "'Authorization: Bearer <token>').", err=True)
+        raise typer.Exit(2)
+    ws = Workspace.from_config()
+    ws._activate()
+    if triggers:
+        from prefect_aml.deployments.trigger import watch
+
+        threading.Thread(target=watch, args=(ws,), daemon=True, name="aml-triggers").start()
+    typer.echo(f"Serving workspace {ws.name!r} on http://{host}:{port} (OpenAPI: http://{host}:{port}/openapi.json)")
+    uvicorn.run(create_app(ws, token), host=host, port=port, log_level="warning")
+
+
+triggers_app = typer.Typer(help="Datastore triggers (schedules that run a pipeline on new files).",
+                           no_args_is_help=True)
+app.add_typer(triggers_app, name="triggers")
+
+
+@triggers_app.command("watch")
+def triggers_watch() -> None:
+    """Poll every active datastore trigger at its interval, in the foreground (Ctrl-C stops)."""
+    from prefect_aml import Workspace
+    from prefect_aml.deployments.trigger import watch
+
+    ws = Workspace.from_config()
+    ws._activate()
+    typer.echo(f"Watching the datastore triggers of workspace {ws.name!r}")
+    try:
+        watch(ws)
+    except KeyboardInterrupt:
+        pass
+
+
 if __name__ == "__main__":
     app()

@@ -60,10 +60,18 @@ class Experiment:
 
         The pipeline flow runs in a background process here, or, with `pipeline_compute` (an
         `AmlCompute`/`DockerCompute` or its name), on a worker of that compute."""
+        from prefect_aml.deployments.endpoint import PipelineEndpoint
+        from prefect_aml.deployments.published import PublishedPipeline
         from prefect_aml.pipeline.pipeline import Pipeline
 
+        if isinstance(config, PublishedPipeline):
+            return config.submit(self.workspace, self.name, pipeline_parameters, tags=tags)
+        if isinstance(config, PipelineEndpoint):
+            return config.submit(self.name, pipeline_parameters, pipeline_version=kwargs.get("pipeline_version"),
+                                 tags=tags)
         if not isinstance(config, Pipeline):
-            raise UserErrorException(f"Experiment.submit: cannot submit {config!r}; pass a Pipeline.")
+            raise UserErrorException(f"Experiment.submit: cannot submit {config!r}; pass a Pipeline, a "
+                                     "PublishedPipeline or a PipelineEndpoint.")
         from prefect_aml.flows.submit import submit_pipeline
 
         return submit_pipeline(self, config, pipeline_parameters, tags or {}, regenerate_outputs,
@@ -85,13 +93,11 @@ class Experiment:
 
     @staticmethod
     def _list_names(workspace) -> list[str]:
-        from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-
-        from prefect_aml.flows.pipeline import FLOW_NAME
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
         workspace._activate()
         with _client() as client:
-            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])))
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["aml-pipeline"])))
         return sorted({t[len(EXPERIMENT_TAG):] for r in runs for t in r.tags if t.startswith(EXPERIMENT_TAG)})
 
 
@@ -127,7 +133,26 @@ class PipelineRun:
 
     @property
     def _parameters(self) -> dict:
-        return (self._flow_run or self._refresh()).parameters
+        """What the run needs to be read back: spec_path, default_datastore, parameters (resolved)."""
+        params = (self._flow_run or self._refresh()).parameters
+        if "spec_path" in params:
+            return params
+        from prefect_aml.deployments.published import run_info
+
+        info = run_info(self._flow_run)
+        if info is None:
+            raise UserErrorException(f"Run {self.id} is not a pipeline run of workspace "
+                                     f"{self.experiment.workspace.name!r} (or its published pipeline was deleted).")
+        return info
+
+    def publish_pipeline(self, name: str, description: str | None = None, version: str | None = None,
+                         continue_on_step_failure: bool | None = None, **kwargs):
+        """Publish the pipeline this run ran (its stored spec), as `Pipeline.publish` would."""
+        from prefect_aml.deployments.published import publish_spec
+
+        return publish_spec(self.experiment.workspace, self._parameters["spec_path"],
+                            self._parameters["default_datastore"], name, description, version,
+                            continue_on_step_failure, kwargs.get("pipeline_compute"), _from_run=self.id)
 
     def get_status(self) -> str:
         return _status(self._refresh().state)
@@ -253,7 +278,8 @@ class PipelineRun:
     def get_tags(self) -> dict:
         tags = (self._flow_run or self._refresh()).tags
         return dict(t.split(":", 1) if ":" in t else (t, "") for t in tags
-                    if not t.startswith(EXPERIMENT_TAG) and t != "aml-pipeline")
+                    if not t.startswith((EXPERIMENT_TAG, "aml-published:", "aml-endpoint:"))
+                    and t not in ("aml-pipeline", "auto-scheduled"))
 
     def get_details(self) -> dict:
         fr = self._refresh()

@@ -56,15 +56,17 @@ def main(flow_run_id: str) -> int:
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
 
+    from prefect_aml.deployments.published import flow_for_run
     from prefect_aml.flows.pipeline import aml_pipeline
 
     run_id = UUID(flow_run_id)
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run_id)
+    fn = flow_for_run(flow_run) or aml_pipeline  # a published pipeline's run, or a submitted pipeline's
     done = threading.Event()
     threading.Thread(target=watch_for_cancel, args=(run_id, done), daemon=True).start()
     try:
-        state = run_flow(aml_pipeline, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+        state = run_flow(fn, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
     finally:
         done.set()
     return 0 if state.is_completed() else 1

@@ -34,7 +34,7 @@ class AmlProcessWorker(ProcessWorker):
             return await super().run(flow_run, configuration, task_status)
         if task_status is not None:
             task_status.started(f"{_MARK}{flow_run.id}")
-        if fn.name == "aml-pipeline":
+        if fn.name != "aml-step":
             # a pipeline flow only orchestrates: it does not hold one of this worker's slots (`--limit`),
             # so a one-slot worker can run the steps it sends to its own pool
             self._release_limit_slot(flow_run.id)
@@ -53,6 +53,13 @@ class AmlProcessWorker(ProcessWorker):
             from prefect_aml.flows.pipeline import aml_pipeline
 
             return aml_pipeline
+        if "aml-pipeline" in tags and any(t.startswith("aml-published:") for t in tags):
+            from prefect_aml.deployments.published import flow_for_run
+
+            try:
+                return flow_for_run(flow_run)
+            except AttributeError:  # its record is gone: Prefect's own path reports it
+                return None
         return None
 
     def _run_warm(self, fn, flow_run) -> int:
@@ -63,7 +70,7 @@ class AmlProcessWorker(ProcessWorker):
         from prefect_aml.flows.runner import watch_for_cancel
 
         done = threading.Event()
-        if fn.name == "aml-pipeline":  # the step flow watches for its own cancellation
+        if fn.name != "aml-step":  # the step flow watches for its own cancellation
             threading.Thread(target=watch_for_cancel, args=(flow_run.id, done, True), daemon=True).start()
         try:
             state = run_flow(fn, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")

@@ -303,6 +303,13 @@ class Pipeline:
             regenerate_outputs=regenerate_outputs, tags=tags, pipeline_compute=kw.get("pipeline_compute"),
         )
 
+    def publish(self, name: str | None = None, description: str | None = None, version: str | None = None,
+                continue_on_step_failure: bool | None = None, pipeline_compute=None):
+        """Publish it as a parameterized Prefect deployment `<name>/<version>`; returns a `PublishedPipeline`."""
+        from prefect_aml.deployments.published import publish_pipeline
+
+        return publish_pipeline(self, name, description, version, continue_on_step_failure, pipeline_compute)
+
     def explain_reuse(self, pipeline_parameters: dict | None = None, regenerate_outputs: bool = False,
                       show_output: bool = True) -> dict[str, str]:
         """Whether each step would be reused or run if submitted now, and why (runs nothing)."""

@@ -1,0 +1,204 @@
+"""`prefect-aml serve`: Azure ML's REST shapes for published pipelines and endpoints, over Prefect.
+
+Systems that started Azure ML pipelines over REST keep their calls: `POST` to a published
+pipeline's `.endpoint` (or an endpoint's) with
+
+    {"ExperimentName": "iris", "ParameterAssignments": {"n_estimators": 50},
+     "DataPathAssignments": {"input_data": {"DataStoreName": "workspaceblobstore", "RelativePath": "iris/"}},
+     "Tags": {"source": "scheduler"}}
+
+and a bearer token, and get `{"Id": "<run id>"}` back. Parameters are checked before a run
+exists (400 names the parameter and its type); a disabled pipeline or archived endpoint answers 409.
+The OpenAPI document is at `/openapi.json`. Prefect's own route works as well:
+`POST {PREFECT_API_URL}/deployments/{deployment_id}/create_flow_run` with `{"parameters": {...}}`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from prefect_aml.workspace import Workspace
+
+SERVE_URL_ENV = "PREFECT_AML_SERVE_URL"
+TOKEN_ENV = "PREFECT_AML_SERVE_TOKEN"
+DEFAULT_PORT = 8788
+
+
+def base_url() -> str:
+    return (os.environ.get(SERVE_URL_ENV) or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
+
+
+def workspace_url(workspace: Workspace) -> str:
+    """Azure ML's pipelines path for this workspace, on the `prefect-aml serve` service."""
+    return (f"{base_url()}/pipelines/v1.0/subscriptions/{workspace.subscription_id or 'local'}/resourceGroups/"
+            f"{workspace.resource_group or 'local'}/providers/Microsoft.MachineLearningServices/workspaces/"
+            f"{workspace.name}")
+
+
+class DataPathAssignment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    DataStoreName: str = Field(min_length=1, max_length=255)
+    RelativePath: str = Field(max_length=4096)
+
+
+class PipelineSubmitRequest(BaseModel):
+    """Azure ML's body for submitting a published pipeline or endpoint."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ExperimentName: str = Field(min_length=1, max_length=255)
+    ParameterAssignments: dict[str, Any] = Field(default_factory=dict)
+    DataPathAssignments: dict[str, DataPathAssignment] = Field(default_factory=dict)
+    Tags: dict[str, str] = Field(default_factory=dict)
+    Description: str | None = None
+
+
+class PipelineRunResponse(BaseModel):
+    Id: str
+    ExperimentName: str
+    Status: str
+    PipelineId: str
+    PortalUrl: str
+
+
+class RunStatusResponse(BaseModel):
+    Id: str
+    Status: str
+    ExperimentName: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: dict[str, str]
+
+
+def create_app(workspace: Workspace, token: str):
+    """The FastAPI application (`prefect-aml serve` runs it with uvicorn)."""
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+    from prefect_aml.exceptions import UserErrorException
+
+    app = FastAPI(title="prefect-aml pipelines REST", version="1.0",
+                  description="Azure ML (SDK v1) REST routes for published pipelines and pipeline endpoints, "
+                              "served by prefect-aml over Prefect deployments.")
+    bearer = HTTPBearer(auto_error=False)
+    errors = {401: {"model": ErrorResponse}, 400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+              409: {"model": ErrorResponse}}
+
+    def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(401, "Missing or invalid bearer token (Authorization: Bearer <token>).",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException):
+        return JSONResponse({"error": {"code": str(exc.status_code), "message": str(exc.detail)}},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    prefix = ("/pipelines/v1.0/subscriptions/{subscription_id}/resourceGroups/{resource_group}/providers/"
+              "Microsoft.MachineLearningServices/workspaces/{workspace_name}")
+
+    def _check_workspace(subscription_id: str, resource_group: str, workspace_name: str) -> None:
+        expected = (workspace.subscription_id or "local", workspace.resource_group or "local", workspace.name)
+        if (subscription_id, resource_group, workspace_name) != expected:
+            raise HTTPException(404, f"This service serves workspace {workspace.name!r} (subscription "
+                                     f"{expected[0]!r}, resource group {expected[1]!r}), not {workspace_name!r}.")
+
+    def _assignments(body: PipelineSubmitRequest) -> dict[str, Any]:
+        values = dict(body.ParameterAssignments)
+        for name, dp in body.DataPathAssignments.items():
+            values[name] = {"datastore": dp.DataStoreName, "path": dp.RelativePath}
+        return values
+
+    def _submit(run_submit, body: PipelineSubmitRequest, pipeline_id: str) -> PipelineRunResponse:
+        from prefect_aml.deployments.published import PublishedPipelineDisabledError
+
+        try:
+            run = run_submit(body.ExperimentName, _assignments(body), body.Tags)
+        except PublishedPipelineDisabledError as err:
+            raise HTTPException(409, str(err)) from None
+        except UserErrorException as err:
+            raise HTTPException(400, str(err)) from None
+        return PipelineRunResponse(Id=run.id, ExperimentName=body.ExperimentName, Status="NotStarted",
+                                   PipelineId=pipeline_id, PortalUrl=run.get_portal_url())
+
+    @app.get("/health", include_in_schema=True)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post(prefix + "/PipelineRuns/PipelineSubmit/{pipeline_id}", response_model=PipelineRunResponse,
+              responses=errors, dependencies=[Depends(authorized)])
+    def submit_published(subscription_id: str, resource_group: str, workspace_name: str, pipeline_id: str,
+                         body: PipelineSubmitRequest) -> PipelineRunResponse:
+        """Run a published pipeline (its `.endpoint` URL)."""
+        from prefect_aml.deployments.published import PublishedPipeline
+
+        _check_workspace(subscription_id, resource_group, workspace_name)
+        try:
+            published = PublishedPipeline.get(workspace, pipeline_id)
+        except UserErrorException as err:
+            raise HTTPException(404, str(err)) from None
+        return _submit(lambda exp, values, tags: published.submit(workspace, exp, values, tags=tags), body,
+                       published.id)
+
+    def _endpoint_submit(endpoint, body: PipelineSubmitRequest, pipeline_version: str | None):
+        from prefect_aml.deployments.published import PublishedPipelineDisabledError
+
+        try:
+            published = endpoint.get_pipeline(pipeline_version)
+        except PublishedPipelineDisabledError as err:
+            raise HTTPException(409, str(err)) from None
+        except UserErrorException as err:
+            raise HTTPException(404, str(err)) from None
+        return _submit(lambda exp, values, tags: endpoint.submit(exp, values, pipeline_version=pipeline_version,
+                                                                 tags=tags), body, published.id)
+
+    @app.post(prefix + "/PipelineRuns/PipelineEndpointSubmit/Id/{endpoint_id}", response_model=PipelineRunResponse,
+              responses=errors, dependencies=[Depends(authorized)])
+    def submit_endpoint(subscription_id: str, resource_group: str, workspace_name: str, endpoint_id: str,
+                        body: PipelineSubmitRequest, pipelineVersion: str | None = None) -> PipelineRunResponse:
+        """Run a pipeline endpoint's default version, or `pipelineVersion` (a query parameter)."""
+        from prefect_aml.deployments.endpoint import PipelineEndpoint
+
+        _check_workspace(subscription_id, resource_group, workspace_name)
+        try:
+            endpoint = PipelineEndpoint.get(workspace, id=endpoint_id)
+        except UserErrorException as err:
+            raise HTTPException(404, str(err)) from None
+        return _endpoint_submit(endpoint, body, pipelineVersion)
+
+    @app.post(prefix + "/PipelineRuns/PipelineEndpointSubmit/Name/{endpoint_name}",
+              response_model=PipelineRunResponse, responses=errors, dependencies=[Depends(authorized)])
+    def submit_endpoint_by_name(subscription_id: str, resource_group: str, workspace_name: str, endpoint_name: str,
+                                body: PipelineSubmitRequest, pipelineVersion: str | None = None) -> PipelineRunResponse:
+        """Run a pipeline endpoint, found by name."""
+        from prefect_aml.deployments.endpoint import PipelineEndpoint
+
+        _check_workspace(subscription_id, resource_group, workspace_name)
+        try:
+            endpoint = PipelineEndpoint.get(workspace, name=endpoint_name)
+        except UserErrorException as err:
+            raise HTTPException(404, str(err)) from None
+        return _endpoint_submit(endpoint, body, pipelineVersion)
+
+    @app.get(prefix + "/PipelineRuns/{run_id}", response_model=RunStatusResponse, responses=errors,
+             dependencies=[Depends(authorized)])
+    def run_status(subscription_id: str, resource_group: str, workspace_name: str, run_id: str) -> RunStatusResponse:
+        """A pipeline run's status, in Azure ML's words."""
+        from prefect_aml.runs import PipelineRun
+
+        _check_workspace(subscription_id, resource_group, workspace_name)
+        try:
+            run = PipelineRun.get(workspace, run_id)
+        except UserErrorException as err:
+            raise HTTPException(404, str(err)) from None
+        return RunStatusResponse(Id=run.id, Status=run.get_status(), ExperimentName=run.experiment.name)
+
+    return app
