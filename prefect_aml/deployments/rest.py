@@ -52,7 +52,8 @@ class PipelineSubmitRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    ExperimentName: str = Field(min_length=1, max_length=255)
+    ExperimentName: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\:]+$",
+                                description="The experiment the run is filed under (no '/', '\\' or ':').")
     ParameterAssignments: dict[str, Any] = Field(default_factory=dict)
     DataPathAssignments: dict[str, DataPathAssignment] = Field(default_factory=dict)
     Tags: dict[str, str] = Field(default_factory=dict)
@@ -82,6 +83,7 @@ def create_app(workspace: Workspace, token: str):
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from prefect_aml.exceptions import UserErrorException
 
@@ -97,8 +99,8 @@ def create_app(workspace: Workspace, token: str):
             raise HTTPException(401, "Missing or invalid bearer token (Authorization: Bearer <token>).",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # ours, and the framework's (e.g. a body that is not JSON)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
         return JSONResponse({"error": {"code": str(exc.status_code), "message": str(exc.detail)}},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
