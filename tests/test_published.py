@@ -402,3 +402,42 @@ def test_a_datastore_trigger_fires_once_per_batch_of_new_files(ws, src, bed, kin
     finally:
         watcher.stop()
         sched.delete()
+
+
+def test_prefect_yaml_deploys_the_iris_example(ws, tmp_path):
+    """`prefect deploy --all` from the project root, then a run of the deployment on a real worker."""
+    from prefect.client.orchestration import get_client
+
+    from prefect_aml.exceptions import ComputeTargetException
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        ComputeTarget(ws, "aml-pipelines")
+    except ComputeTargetException:
+        ComputeTarget.create(ws, "aml-pipelines", AmlCompute.provisioning_configuration(max_nodes=4))
+    out = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], cwd=root, capture_output=True,
+                         text=True, timeout=180, env=dict(os.environ))
+    assert out.returncode == 0, out.stdout + out.stderr
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("iris/iris")
+    assert dep.parameter_openapi_schema["properties"]["pipeline_arg"]["type"] == "integer"
+    assert dep.work_pool_name == "aml-pipelines"
+
+    def online() -> bool:
+        return ComputeTarget(ws, "aml-pipelines").get_status().serialize().get("currentNodeCount", 0) >= 1
+
+    worker = Service("worker-aml-pipelines", _STATE, [str(BIN / "prefect-aml"), "worker", "start", "aml-pipelines"],
+                     online, timeout=90)
+    try:
+        run = _prefect("deployment", "run", "iris/iris", "-p", "pipeline_arg=3", "-p", "experiment_name=iris-yaml")
+        run_id = uuid.UUID(next(line.split()[-1] for line in run.stdout.splitlines() if "UUID" in line))
+        deadline = time.monotonic() + 300
+        with get_client(sync_client=True) as client:
+            while not (fr := client.read_flow_run(run_id)).state.is_final() and time.monotonic() < deadline:
+                time.sleep(1)
+        assert fr.state.is_completed(), fr.state.message
+        pipeline_run = next(iter(Experiment(ws, "iris-yaml").get_runs()))
+        assert pipeline_run.get_status() == "Finished"
+        assert pipeline_run.get_details()["parameters"] == {"pipeline_arg": 3}
+    finally:
+        worker.stop()
