@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -50,6 +51,28 @@ def prefect_server():
     server.stop()
     os.environ.pop("PREFECT_API_URL", None)
     refresh_global_settings_context()
+
+
+@contextlib.contextmanager
+def using_server(url: str):
+    """Point this process's Prefect client at another server for a while (PREFECT_API_URL wins over a
+    workspace's own URL, so a Workspace(prefect_api_url=...) alone would not switch)."""
+    from prefect.context import refresh_global_settings_context
+
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
+    try:
+        yield
+    finally:
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=10, at_exit=False)  # send its events while that server is still up
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        refresh_global_settings_context()
 
 
 @pytest.fixture(scope="session")

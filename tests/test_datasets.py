@@ -248,23 +248,23 @@ def test_registry_versions_pin_definition_and_data(ws, table_on, tmp):
 
 def test_versions_survive_a_server_restart(tmp):
     from prefect_aml import Datastore, Workspace
-    from tests.conftest import _STATE, PG_URL
+    from tests.conftest import _STATE, PG_URL, using_server
     from tests.services import PrefectServer
 
     server = PrefectServer(_STATE, PG_URL)
     try:
-        own = Workspace(prefect_api_url=server.url)
-        store = Datastore.register_local(own, "restart_store", str(tmp / "store"))
-        (tmp / "d").mkdir()
-        pd.DataFrame({"a": [1, 2]}).to_csv(tmp / "d" / "x.csv", index=False)
-        store.upload(str(tmp / "d"), target_path="d", show_progress=False)
-        Dataset.Tabular.from_delimited_files((store, "d/*.csv")).register(own, "kept", tags={"k": "v"})
-        server.restart()
-        again = Dataset.get_by_name(Workspace(prefect_api_url=server.url), "kept", version=1)
-        assert again.tags == {"k": "v"} and again.to_pandas_dataframe()["a"].tolist() == [1, 2]
+        with using_server(server.url):
+            own = Workspace(prefect_api_url=server.url)
+            store = Datastore.register_local(own, "restart_store", str(tmp / "store"))
+            (tmp / "d").mkdir()
+            pd.DataFrame({"a": [1, 2]}).to_csv(tmp / "d" / "x.csv", index=False)
+            store.upload(str(tmp / "d"), target_path="d", show_progress=False)
+            Dataset.Tabular.from_delimited_files((store, "d/*.csv")).register(own, "kept", tags={"k": "v"})
+            server.restart()
+            again = Dataset.get_by_name(Workspace(prefect_api_url=server.url), "kept", version=1)
+            assert again.tags == {"k": "v"} and again.to_pandas_dataframe()["a"].tolist() == [1, 2]
     finally:
         server.stop()
-        Workspace()._activate()  # back to the session's server
 
 
 PREP = """

@@ -441,3 +441,41 @@ def test_prefect_yaml_deploys_the_iris_example(ws, tmp_path):
         assert pipeline_run.get_details()["parameters"] == {"pipeline_arg": 3}
     finally:
         worker.stop()
+
+
+def test_publish_pipeline_from_a_run(ws, src, bed, tmp_path):
+    run = _pipeline(ws, src, bed["store"], label="from-run").submit("from-run", pipeline_parameters={"n": 1})
+    run.wait_for_completion(show_output=False, timeout_seconds=180)
+    again = run.publish_pipeline(name=_name("rerun"), description="what that run ran", version="1.0",
+                                 pipeline_compute=bed["compute"])
+    assert again.parameters["label"]["default"] == "from-run" and again._record.published_from_run == run.id
+    assert _echo(again.submit(ws, "from-run", {"n": 2}), tmp_path)["label"] == "from-run"
+
+
+def test_endpoint_history_survives_a_server_restart(src, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from prefect_aml import Datastore, Workspace
+    from tests.conftest import PG_URL, using_server
+    from tests.services import PrefectServer
+
+    server = PrefectServer(_STATE, PG_URL)
+    try:
+        with using_server(server.url):
+            own = Workspace(prefect_api_url=server.url)
+            store = Datastore.register_local(own, "restart_pub", str(tmp_path / "store"))
+            pubs = [_pipeline(own, src, store, label=f"r{i}").publish(name="restart-pipe") for i in range(2)]
+            ep = PipelineEndpoint.publish(own, name="restart-ep", description="kept", pipeline=pubs[0])
+            ep.add_default(pubs[1])
+            ep.set_default_version("0")
+            server.restart()
+            again = PipelineEndpoint.get(own, name="restart-ep")
+            assert [(v.version, v.pipeline_id) for v in again.list_versions()] == [("0", pubs[0].id),
+                                                                                   ("1", pubs[1].id)]
+            assert again.get_default_version() == "0" and again.description == "kept"
+            assert [p.version for p in PublishedPipeline.list(own)] == ["1", "2"]
+            with get_client(sync_client=True) as client:
+                default = client.read_deployment_by_name("restart-ep/default")
+            assert f"aml-published:{pubs[0].id}" in default.tags
+    finally:
+        server.stop()

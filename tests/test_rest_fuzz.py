@@ -41,7 +41,7 @@ def test_the_rest_service_never_answers_500(ws, tmp_path):
                 continue
             @given(case=op.as_strategy(generation_mode=mode))
             @settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-            def fuzz(case):
+            def fuzz(case, op=op):
                 params = case.path_parameters or {}
                 if "workspace_name" in params and len(str(case.body)) % 4:
                     params.update(subscription_id="local", resource_group="local", workspace_name=ws.name)
