@@ -176,9 +176,9 @@ def test_bad_parameters_are_rejected_before_a_run_exists(ws, published):
     with pytest.raises(PipelineValidationError, match="'n' expects int"):
         published.submit(ws, "bad", pipeline_parameters={"n": "many"})
     cli = _prefect("deployment", "run", published.deployment_name, "-p", "n=abc", check=False)
-    assert cli.returncode != 0 and "n" in (cli.stdout + cli.stderr)
+    assert cli.returncode != 0 and "'abc' is not of type 'integer'" in " ".join((cli.stdout + cli.stderr).split())
     cli = _prefect("deployment", "run", published.deployment_name, "-p", "nope=1", check=False)
-    assert cli.returncode != 0
+    assert cli.returncode != 0 and "nope" in cli.stdout + cli.stderr
     assert len(_runs_of(published.deployment_id)) == before
 
 
@@ -479,3 +479,22 @@ def test_endpoint_history_survives_a_server_restart(src, tmp_path):
             assert f"aml-published:{pubs[0].id}" in default.tags
     finally:
         server.stop()
+
+
+def test_a_schedule_on_an_endpoint_follows_its_default_deployment(ws, src, bed):
+    from prefect.client.orchestration import get_client
+
+    pub = _pipeline(ws, src, bed["store"]).publish(name=_name("ep-s-pipe"), pipeline_compute=bed["compute"])
+    ep = PipelineEndpoint.publish(ws, name=_name("ep-s"), description="", pipeline=pub)
+    hourly = ScheduleRecurrence(frequency="Hour", interval=6)
+    sched = Schedule.create_for_pipeline_endpoint(ws, _name("ep-hourly"), ep.id, "ep-sched", recurrence=hourly,
+                                                  pipeline_parameters={"label": "scheduled"})
+    assert [s.id for s in Schedule.get_schedules_for_pipeline_endpoint_id(ws, ep.id)] == [sched.id]
+    ep.add_default(_pipeline(ws, src, bed["store"], label="v1").publish(name=pub.name,
+                                                                       pipeline_compute=bed["compute"]))
+    with get_client(sync_client=True) as client:  # re-pointing the default keeps the endpoint's schedules
+        dep = client.read_deployment_by_name(f"{ep.name}/default")
+        mine = [s for s in client.read_deployment_schedules(dep.id) if s.slug.endswith(sched.id)]
+    assert len(mine) == 1 and mine[0].parameters == {"label": "scheduled"} and "FREQ=HOURLY;INTERVAL=6" in (
+        mine[0].schedule.rrule)
+    sched.delete()
