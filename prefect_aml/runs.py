@@ -137,13 +137,14 @@ class PipelineRun:
         params = (self._flow_run or self._refresh()).parameters
         if "spec_path" in params:
             return params
-        from prefect_aml.deployments.published import run_info
+        if getattr(self, "_published_info", None) is None:
+            from prefect_aml.deployments.published import run_info
 
-        info = run_info(self._flow_run)
-        if info is None:
-            raise UserErrorException(f"Run {self.id} is not a pipeline run of workspace "
-                                     f"{self.experiment.workspace.name!r} (or its published pipeline was deleted).")
-        return info
+            self._published_info = run_info(self._flow_run)
+            if self._published_info is None:
+                raise UserErrorException(f"Run {self.id} is not a pipeline run of workspace "
+                                         f"{self.experiment.workspace.name!r} (or its published pipeline was deleted).")
+        return self._published_info
 
     def publish_pipeline(self, name: str, description: str | None = None, version: str | None = None,
                          continue_on_step_failure: bool | None = None, **kwargs):

@@ -24,11 +24,12 @@ class Service:
     """A process started by the tests: waits for health, fails clearly, stops by PID."""
 
     def __init__(self, name: str, state: Path, argv: list[str], health, env: dict | None = None,
-                 timeout: float = 120):
+                 timeout: float = 120, cwd: str | None = None):
         self.name = name
         self.log = state / f"{name}.log"
         self.proc = subprocess.Popen(argv, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env or os.environ.copy(), start_new_session=True)
+                                     stdin=subprocess.DEVNULL, env=env or os.environ.copy(), start_new_session=True,
+                                     cwd=cwd)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -498,3 +498,27 @@ def test_a_schedule_on_an_endpoint_follows_its_default_deployment(ws, src, bed):
     assert len(mine) == 1 and mine[0].parameters == {"label": "scheduled"} and "FREQ=HOURLY;INTERVAL=6" in (
         mine[0].schedule.rrule)
     sched.delete()
+
+
+def test_a_plain_prefect_worker_runs_a_published_pipeline(ws, src, bed, tmp_path):
+    """Any Prefect process worker with prefect-aml installed loads the deployment's flow (no checkout needed)."""
+    plain = ComputeTarget.create(ws, _name("plain"), AmlCompute.provisioning_configuration(max_nodes=2))
+    workdir = tmp_path / "elsewhere"  # not the project, not the sources
+    workdir.mkdir()
+
+    def online() -> bool:
+        return ComputeTarget(ws, plain.name).get_status().serialize().get("currentNodeCount", 0) >= 1
+
+    env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS="1")
+    worker = Service(f"plain-worker-{plain.name}", _STATE,
+                     [str(BIN / "prefect"), "worker", "start", "--pool", plain.name, "--type", "process"],
+                     online, env=env, timeout=90, cwd=str(workdir))
+    try:
+        p = _pipeline(ws, src, bed["store"], label="plain").publish(name=_name("plain"), pipeline_compute=plain)
+        out = _prefect("deployment", "run", p.deployment_name, "-p", "n=8")
+        run_id = next(line.split()[-1] for line in out.stdout.splitlines() if "UUID" in line)
+        assert _echo(_run_by_id(ws, run_id), tmp_path) == {"n": "8", "rate": "0.5", "label": "plain",
+                                                           "files": ["one.txt"]}
+    finally:
+        worker.stop()
+        plain.delete()

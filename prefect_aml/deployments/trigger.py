@@ -218,4 +218,6 @@ def watch(workspace: Workspace, stop: threading.Event | None = None, log=print) 
             if changed:
                 log(f"{datetime.now(UTC):%H:%M:%S} schedule {rec.name!r}: {len(changed)} changed file(s) under "
                     f"{rec.datastore}:{rec.path_on_datastore or '/'}; run requested")
-        stop.wait(min([max(d - time.monotonic(), 0.2) for d in due.values()] or [1.0]) if due else 1.0)
+        # wake for the next due poll, and at least every 10 s to notice new or changed schedules
+        next_due = min(due.values(), default=time.monotonic() + 10.0)
+        stop.wait(min(max(next_due - time.monotonic(), 0.2), 10.0))
