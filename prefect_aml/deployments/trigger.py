@@ -219,5 +219,5 @@ def watch(workspace: Workspace, stop: threading.Event | None = None, log=print) 
                 log(f"{datetime.now(UTC):%H:%M:%S} schedule {rec.name!r}: {len(changed)} changed file(s) under "
                     f"{rec.datastore}:{rec.path_on_datastore or '/'}; run requested")
         # wake for the next due poll, and at least every 10 s to notice new or changed schedules
-        next_due = min(due.values(), default=time.monotonic() + 10.0)
+        next_due = min((due[r.schedule_id] for r in records), default=time.monotonic() + 10.0)
         stop.wait(min(max(next_due - time.monotonic(), 0.2), 10.0))
