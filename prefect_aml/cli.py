@@ -191,5 +191,45 @@ def triggers_watch() -> None:
         pass
 
 
+compat_app = typer.Typer(help="Azure ML v1 imports (`import azureml.core`) for a whole Python environment.",
+                         no_args_is_help=True)
+app.add_typer(compat_app, name="compat")
+_PTH = "prefect_aml_azureml_compat.pth"
+
+
+def _pth_path():
+    import sysconfig
+    from pathlib import Path
+
+    return Path(sysconfig.get_paths()["purelib"]) / _PTH
+
+
+@compat_app.command("enable")
+def compat_enable() -> None:
+    """Make `import azureml...` resolve to prefect_aml in every Python process of this environment (a .pth file)."""
+    from prefect_aml.compat import SHIM_DIR, real_sdk
+
+    found = real_sdk()
+    if found:
+        typer.echo(f"The Azure ML SDK ({found}) is installed in this environment; prefect-aml does not shadow it. "
+                   "Use an environment without it.", err=True)
+        raise typer.Exit(2)
+    path = _pth_path()
+    path.write_text(f"{SHIM_DIR}\n")
+    typer.echo(f"enabled: {path} puts {SHIM_DIR} on sys.path; `import azureml.core` now loads prefect_aml "
+               "(undo with `prefect-aml compat disable`)")
+
+
+@compat_app.command("disable")
+def compat_disable() -> None:
+    """Remove the .pth file `compat enable` wrote."""
+    path = _pth_path()
+    if path.exists():
+        path.unlink()
+        typer.echo(f"disabled: removed {path}")
+    else:
+        typer.echo("not enabled in this environment")
+
+
 if __name__ == "__main__":
     app()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -332,3 +333,50 @@ def environment_definition(runconfig: Any) -> dict[str, Any]:
         return env._definition()
     variables = getattr(env, "environment_variables", None) or {}
     return {"name": getattr(env, "name", None), "variables": {str(k): str(v) for k, v in variables.items()}}
+
+
+class ScriptRunConfig:
+    """A script (or command) with its source directory, compute and environment, as v1 code builds them.
+
+    `CommandStep(runconfig=ScriptRunConfig(...))` runs it as a pipeline step; a `PythonScriptStep`
+    takes it as `runconfig` for its compute and environment."""
+
+    def __init__(self, source_directory: str | os.PathLike | None = None, script: str | None = None,
+                 arguments=None, run_config: RunConfiguration | None = None, _telemetry_values=None,
+                 compute_target=None, environment: Environment | None = None, distributed_job_config=None,
+                 resume_from=None, max_run_duration_seconds: int | None = None, command=None,
+                 docker_runtime_config=None):
+        if script and command:
+            raise UserErrorException("ScriptRunConfig: give script= (with arguments=) or command=, not both.")
+        if distributed_job_config is not None:
+            raise UserErrorException(
+                f"ScriptRunConfig: distributed_job_config={type(distributed_job_config).__name__} (MPI, PyTorch or "
+                "TensorFlow distribution) is not supported here; run the work on a DaskCompute, or as one step per "
+                "worker.")
+        self.source_directory = os.fspath(source_directory) if source_directory is not None else None
+        self.script = script
+        self.arguments = list(arguments or [])
+        self.run_config = run_config or RunConfiguration()
+        if compute_target is not None:
+            self.run_config.target = compute_target
+        if environment is not None:
+            self.run_config.environment = environment
+        self.max_run_duration_seconds = max_run_duration_seconds
+        if command is not None:
+            self.command = command
+        elif script:
+            self.command = ["python", script, *self.arguments]
+        else:
+            self.command = None
+
+    @property
+    def target(self):
+        return self.run_config.target
+
+    @property
+    def environment(self) -> Environment:
+        return self.run_config.environment
+
+    def __repr__(self) -> str:
+        what = f"script={self.script!r}" if self.script else f"command={self.command!r}"
+        return f"ScriptRunConfig(source_directory={self.source_directory!r}, {what})"

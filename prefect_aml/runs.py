@@ -146,6 +146,11 @@ class PipelineRun:
                                          f"{self.experiment.workspace.name!r} (or its published pipeline was deleted).")
         return self._published_info
 
+    def _repr_html_(self) -> str:
+        from prefect_aml.widgets import html_table
+
+        return html_table(self)
+
     def publish_pipeline(self, name: str, description: str | None = None, version: str | None = None,
                          continue_on_step_failure: bool | None = None, **kwargs):
         """Publish the pipeline this run ran (its stored spec), as `Pipeline.publish` would."""
@@ -310,6 +315,22 @@ class StepRun:
 
     def __repr__(self) -> str:
         return f"StepRun(name={self.name!r}, id={self.id!r}, status={self.get_status()!r})"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        from prefect_aml.widgets import _COLORS, _duration
+
+        status = self.get_status()
+        tr = self._task_run
+        link = f"{self.pipeline_run.experiment.workspace.ui_url}/runs/task-run/{self.id}"
+        outs = ", ".join(html.escape(n) for n in self._load_record().get("outputs", {}))
+        return (f"<table><tr><th>Step</th><td>{html.escape(self.name)}</td></tr><tr><th>Status</th><td style="
+                f"\"color:{_COLORS.get(status, '#000')}\"><b>{html.escape(status)}</b></td></tr><tr><th>Duration</th>"
+                f"<td>{_duration(tr.start_time, tr.end_time)}</td></tr><tr><th>Reused</th><td>"
+                f"{'yes' if self.reused else 'no'}</td></tr><tr><th>Outputs</th><td>{outs}</td></tr><tr><th>Pipeline "
+                f"run</th><td>{html.escape(self.pipeline_run.id)}</td></tr><tr><th>Prefect UI</th><td><a href=\""
+                f"{html.escape(link)}\" target=\"_blank\">open</a></td></tr></table>")
 
     def _refresh(self):
         with _client() as client:

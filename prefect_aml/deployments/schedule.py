@@ -33,6 +33,40 @@ _DAYS = {"Monday": "MO", "Tuesday": "TU", "Wednesday": "WE", "Thursday": "TH", "
 SLUG_PREFIX = "aml-schedule-"
 
 
+class TimeZone:
+    """Azure ML's time zone names (Windows names) for `ScheduleRecurrence(time_zone=...)`; IANA names work too."""
+
+    UTC = "UTC"
+    GMTStandardTime = "GMT Standard Time"
+    WEuropeStandardTime = "W. Europe Standard Time"
+    CentralEuropeStandardTime = "Central Europe Standard Time"
+    RomanceStandardTime = "Romance Standard Time"
+    FLEStandardTime = "FLE Standard Time"
+    EasternStandardTime = "Eastern Standard Time"
+    CentralStandardTime = "Central Standard Time"
+    MountainStandardTime = "Mountain Standard Time"
+    PacificStandardTime = "Pacific Standard Time"
+    IndiaStandardTime = "India Standard Time"
+    ChinaStandardTime = "China Standard Time"
+    TokyoStandardTime = "Tokyo Standard Time"
+    AUSEasternStandardTime = "AUS Eastern Standard Time"
+
+
+_WINDOWS_ZONES = {
+    "UTC": "UTC", "GMT Standard Time": "Europe/London", "W. Europe Standard Time": "Europe/Berlin",
+    "Central Europe Standard Time": "Europe/Budapest", "Romance Standard Time": "Europe/Paris",
+    "FLE Standard Time": "Europe/Helsinki", "Eastern Standard Time": "America/New_York",
+    "Central Standard Time": "America/Chicago", "Mountain Standard Time": "America/Denver",
+    "Pacific Standard Time": "America/Los_Angeles", "India Standard Time": "Asia/Kolkata",
+    "China Standard Time": "Asia/Shanghai", "Tokyo Standard Time": "Asia/Tokyo",
+    "AUS Eastern Standard Time": "Australia/Sydney",
+}
+
+
+def _iana(time_zone: str | None) -> str | None:
+    return None if time_zone is None else _WINDOWS_ZONES.get(str(time_zone), str(time_zone))
+
+
 class ScheduleException(UserErrorException):
     """A schedule or recurrence is not valid, or not found."""
 
@@ -79,9 +113,10 @@ class ScheduleRecurrence:
             from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
             try:
-                ZoneInfo(str(self.time_zone))
+                ZoneInfo(_iana(self.time_zone))
             except (ZoneInfoNotFoundError, ValueError):
-                bad(f"time_zone {self.time_zone!r} is not an IANA time zone (e.g. 'UTC', 'Europe/Stockholm').")
+                bad(f"time_zone {self.time_zone!r} is not a known time zone: use an IANA name (e.g. 'UTC', "
+                    "'Europe/Stockholm') or a TimeZone value (e.g. TimeZone.PacificStandardTime).")
         self._start()
 
     def _start(self) -> datetime:
@@ -117,7 +152,7 @@ class ScheduleRecurrence:
         if start.tzinfo is not None and self.time_zone is None:
             tz = str(start.tzinfo) if str(start.tzinfo) != "UTC+00:00" else "UTC"
         else:
-            tz = self.time_zone or "UTC"
+            tz = _iana(self.time_zone) or "UTC"
         start = start.replace(tzinfo=None)
         parts = [f"FREQ={_FREQ[self.frequency]}", f"INTERVAL={self.interval}"]
         hours, minutes = self.hours, self.minutes

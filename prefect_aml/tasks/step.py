@@ -10,6 +10,7 @@ written after the body returns, so a crash leaves none.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -264,6 +265,9 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         env[f"AML_PARAMETER_{k}"] = resolve(v)
     env.update(AZUREML_RUN_CONTEXT=str(ctx_dir / "context.json"), AZUREML_RUN_ID=task_run_id,
                PYTHONUNBUFFERED="1")
+    shim = _azureml_shim()
+    if shim:  # `from azureml.core import Run` works in the script (v1 code unchanged)
+        env["PYTHONPATH"] = os.pathsep.join([shim, *filter(None, [env.get("PYTHONPATH")])])
     python = spec.environment.get("interpreter") or sys.executable  # the environment's, else this one
     if spec.kind == "python":
         argv = [python, spec.script_name, *[resolve(a) for a in spec.arguments]]
@@ -336,3 +340,11 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         write_json(store, f"{REUSE_PREFIX}/{plan['key']}.json", record)  # before Prefect's cache record
     return {"step": spec.name, "key": plan["key"], "out_key": plan["out_key"], "outputs": plan["outputs"],
             "task_run_id": task_run_id, "pipeline_run_id": ctx["run_id"]}
+
+
+@functools.cache
+def _azureml_shim() -> str | None:
+    """The folder whose `azureml` package serves v1 imports to step scripts (none when the real SDK is here)."""
+    from prefect_aml.compat import SHIM_DIR, real_sdk
+
+    return None if real_sdk() else str(SHIM_DIR)
