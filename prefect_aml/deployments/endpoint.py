@@ -80,6 +80,8 @@ def _published(workspace: Workspace, pipeline) -> PublishedPipeline:
 
     if isinstance(pipeline, PublishedPipeline):
         return pipeline
+    if isinstance(pipeline, PipelineEndpoint):  # another endpoint: its default version
+        return pipeline.get_pipeline()
     if isinstance(pipeline, Pipeline):
         raise UserErrorException(
             "A pipeline endpoint takes a published pipeline: publish it first (pipeline.publish(name=...)) and pass "
@@ -132,10 +134,6 @@ class PipelineEndpoint:
             raise UserErrorException(
                 f"Pipeline endpoint {name!r} already exists; add a version to it with "
                 f"PipelineEndpoint.get(ws, name={name!r}).add_default(published_pipeline).")
-        if any(p.name == name for p in PublishedPipeline.list(workspace, active_only=False)):
-            raise UserErrorException(
-                f"A published pipeline is named {name!r}; its deployments and the endpoint's would share the Prefect "
-                "flow name. Give the endpoint another name.")
         record = PipelineEndpointRecord(endpoint_id=str(uuid.uuid4()), name=name, description=description,
                                         created=datetime.now(UTC).isoformat())
         endpoint = PipelineEndpoint(workspace, record)

@@ -216,8 +216,14 @@ def deploy(client, record: PublishedPipelineRecord, flow_name: str, deployment_n
         tags=["aml-pipeline", PUBLISHED_TAG + record.pipeline_id, *extra_tags],
         description=(record.description or "") + f"\n\nprefect-aml published pipeline {record.name!r} version "
                     f"{record.version!r} (id {record.pipeline_id}).")
+    owner = (extra_tags or [PUBLISHED_TAG + record.pipeline_id])[0]  # the endpoint's tag, or the pipeline's
     try:  # an endpoint's default is re-pointed in place: its schedules stay (creating anew would drop them)
-        deployment_id = client.read_deployment_by_name(f"{flow_name}/{deployment_name}").id
+        existing = client.read_deployment_by_name(f"{flow_name}/{deployment_name}")
+        if owner not in (existing.tags or []):
+            raise UserErrorException(
+                f"Prefect deployment '{flow_name}/{deployment_name}' already exists and belongs to another published "
+                "pipeline or endpoint; choose another name or version.")
+        deployment_id = existing.id
     except ObjectNotFound:
         deployment_id = client.create_deployment(flow_id=client.create_flow_from_name(flow_name),
                                                  name=deployment_name, **fields)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from prefect_aml.exceptions import PipelineValidationError
+
 _counter = itertools.count()
 
 
@@ -179,13 +181,14 @@ class OutputFileDatasetConfig(_StepOutput):
     def __init__(self, name: str | None = None, destination: tuple | None = None, source: str | None = None,
                  partition_format: str | None = None):
         store, path = None, None
-        if destination is not None:
-            if not (isinstance(destination, tuple) and len(destination) == 2):
-                raise ValueError(
-                    f"OutputFileDatasetConfig {name!r}: destination must be a (datastore, path) tuple, "
-                    f"got {destination!r}."
-                )
+        if isinstance(destination, tuple) and len(destination) == 2:
             store, path = destination
+        elif destination is not None and (isinstance(destination, str) or hasattr(destination, "datastore_name")):
+            store = destination  # a datastore alone: the derived location, on that datastore
+        elif destination is not None:
+            raise PipelineValidationError(
+                f"OutputFileDatasetConfig {name!r}: destination must be a datastore or a (datastore, path) tuple, "
+                f"got {destination!r}.")
         super().__init__(name, store)
         self.destination_path = path
         self.source = source
