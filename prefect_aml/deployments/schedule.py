@@ -410,6 +410,19 @@ class Schedule:
     def disable(self, wait_for_provisioning: bool = False, wait_timeout: int = 3600) -> None:
         self.update(status="Disabled")
 
+    def poll(self) -> list[str]:
+        """A datastore trigger: look for new or changed files now, as the watcher does every polling_interval.
+
+        Returns the changed paths (a run is requested when there are any)."""
+        record = self._refresh()
+        if record.recurrence is not None:
+            raise ScheduleException(f"Schedule {record.name!r} runs on a recurrence; only datastore triggers poll.")
+        if record.status != "Active":
+            raise ScheduleException(f"Schedule {record.name!r} is disabled; enable it first.")
+        from prefect_aml.deployments.trigger import poll_once
+
+        return poll_once(self.workspace, record)
+
     # -- runs
     def get_next_run_times(self, count: int = 5) -> list[datetime]:
         """When the next runs start (a recurrence only), computed from the same RRule the scheduler uses."""
