@@ -331,8 +331,9 @@ class DaskCompute(ComputeTarget):
         try:
             with Client(b.address, timeout=5) as client:
                 workers = client.scheduler_info(n_workers=-1)["workers"]
-        except OSError as err:
-            return {**status, "provisioningState": "Unreachable", "currentNodeCount": 0, "error": str(err)}
+        except Exception as err:  # refused, timed out, or something that is not a Dask scheduler answered
+            return {**status, "provisioningState": "Unreachable", "currentNodeCount": 0,
+                    "error": f"{type(err).__name__}: {err}"[:500]}
         return {**status, "currentNodeCount": len(workers),
                 "workers": [{"address": a, "resources": w.get("resources", {})} for a, w in workers.items()]}
 
