@@ -145,7 +145,7 @@ class ComputeTarget:
             block.work_pool = name
             _create_pool(workspace, block)
         workspace._activate()
-        block.save(compute_block_name(name), overwrite=True)
+        block.save(compute_block_name(name), overwrite=True, _sync=True)
         return ComputeTarget(workspace, name)
 
     @staticmethod

@@ -285,7 +285,7 @@ class _Dataset:
                                registered=datetime.now(UTC).isoformat())
         workspace._activate()
         try:
-            block.save(version_block_name(name, version), overwrite=False)  # versions are immutable
+            block.save(version_block_name(name, version), overwrite=False, _sync=True)  # versions are immutable
         except ValueError as err:
             raise UserErrorException(f"Dataset {name!r} version {version} was registered at the same time by "
                                      f"another client; register again. ({err})") from None

@@ -80,7 +80,7 @@ def _save(workspace: Workspace, block: DatastoreBlock, overwrite: bool) -> Datas
             )
         if type(existing) is not type(block):
             existing.unregister()
-    block.save(block_name_for(block.datastore_name), overwrite=True)
+    block.save(block_name_for(block.datastore_name), overwrite=True, _sync=True)
     block._workspace = workspace
     return block
 

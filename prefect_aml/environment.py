@@ -225,7 +225,7 @@ class Environment:
                 return Environment._from_definition(definition, str(block.version))
         version = 1 + max((b.version for b in existing), default=0)
         EnvironmentVersion(environment_name=self.name, version=version, definition=definition).save(
-            environment_block_name(self.name, version))
+            environment_block_name(self.name, version), _sync=True)
         return Environment._from_definition(definition, str(version))
 
     @staticmethod

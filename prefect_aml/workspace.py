@@ -172,7 +172,7 @@ class Workspace:
         from prefect_aml.datastore import Datastore
 
         Datastore.get(self, name)  # must exist
-        Variable.set(_DEFAULT_VARIABLE, name, overwrite=True)
+        Variable.set(_DEFAULT_VARIABLE, name, overwrite=True, _sync=True)
         self._default_datastore = name
 
     def _default_datastore_name(self) -> str:
@@ -181,7 +181,7 @@ class Workspace:
         from prefect.variables import Variable
 
         self._activate()
-        return Variable.get(_DEFAULT_VARIABLE, default=None) or "workspaceblobstore"
+        return Variable.get(_DEFAULT_VARIABLE, default=None, _sync=True) or "workspaceblobstore"
 
     def _ensure_builtin_datastores(self) -> None:
         from prefect_aml.datastore import _ensure_builtin

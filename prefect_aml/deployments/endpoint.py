@@ -170,7 +170,7 @@ class PipelineEndpoint:
 
     def _save(self) -> None:
         self.workspace._activate()
-        self._record.save(_block_name(self.id), overwrite=True)
+        self._record.save(_block_name(self.id), overwrite=True, _sync=True)
 
     # -- versions
     def _add(self, published: PublishedPipeline, make_default: bool) -> str:

@@ -85,7 +85,7 @@ def load_record(pipeline_id: str) -> PublishedPipelineRecord | None:
 
 
 def _save(record: PublishedPipelineRecord) -> None:
-    record.save(record_block_name(record.pipeline_id), overwrite=True)
+    record.save(record_block_name(record.pipeline_id), overwrite=True, _sync=True)
 
 
 # -- the flow a deployment runs -------------------------------------------------------------------------

@@ -350,7 +350,7 @@ class Schedule:
 
     def _save(self) -> None:
         self.workspace._activate()
-        self._record.save(_block_name(self.id), overwrite=True)
+        self._record.save(_block_name(self.id), overwrite=True, _sync=True)
 
     def _deployment_schedule(self, client):
         """Our deployment schedule (found by slug: re-created schedules get new ids)."""

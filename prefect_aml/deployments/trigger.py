@@ -115,7 +115,7 @@ def _create_automation(record: ScheduleRecord) -> str:
                              posture=Posture.Reactive, threshold=1),
         actions=[RunDeployment(source="selected", deployment_id=uuid.UUID(record.deployment_id),
                                parameters=parameters)])
-    return str(automation.create().id)
+    return str(automation.create(_sync=True).id)
 
 
 def update_trigger(workspace: Workspace, record: ScheduleRecord, datastore=None, polling_interval=None,

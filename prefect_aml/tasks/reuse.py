@@ -89,7 +89,7 @@ class AmlResultStorage(WritableFileSystem):
             storage = None
         if storage is None or storage.datastore_name != store.name or storage.prefix != CACHE_PREFIX:
             storage = cls(datastore_name=store.name)
-            storage.save(name, overwrite=True)
+            storage.save(name, overwrite=True, _sync=True)
         storage._store = store
         return storage
 
