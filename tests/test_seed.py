@@ -54,7 +54,7 @@ def user_script() -> str:
         s[17], s[18],
         "compare_step = compareStep  # glue: '`compare_step` definition not shown'",
         s[11],
-        "step_1_input = step_1_output = notebook_path = None  # glue: the Databricks sample's own context",
+        "step_1_input = step_1_output = notebook_path = databricks_compute = None  # glue: the sample's context",
         _unsupported(s[12]),
         "project_folder = './project'  # glue: holds iris_train.py (the next samples)",
         s[13],
