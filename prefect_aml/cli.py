@@ -207,7 +207,7 @@ def _pth_path():
 @compat_app.command("enable")
 def compat_enable() -> None:
     """Make `import azureml...` resolve to prefect_aml in every Python process of this environment (a .pth file)."""
-    from prefect_aml.compat import SHIM_DIR, real_sdk
+    from prefect_aml._azureml import SHIM_DIR, real_sdk
 
     found = real_sdk()
     if found:

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import importlib.metadata
 import sys
 import types
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from prefect_aml._azureml import SHIM_DIR, real_sdk
 from prefect_aml.exceptions import UserErrorException
 
-SHIM_DIR = Path(__file__).resolve().parent / "_shim"
-_REAL_SDK_DISTRIBUTIONS = ("azureml-core", "azureml-pipeline-core", "azureml-sdk")
-
+__all__ = ["MODULES", "SHIM_DIR", "UNSUPPORTED", "RealAzureMLInstalledError", "UnsupportedFeatureError", "install",
+           "real_sdk"]
 
 class UnsupportedFeatureError(UserErrorException):
     """An Azure-only service or configuration that prefect-aml does not run; the message says what to use."""
@@ -40,16 +38,6 @@ class UnsupportedFeatureError(UserErrorException):
 
 class RealAzureMLInstalledError(ImportError):
     """The Azure ML SDK itself is installed here; prefect_aml.compat does not shadow it."""
-
-
-def real_sdk() -> str | None:
-    """The installed Azure ML SDK distribution and version, if any."""
-    for dist in _REAL_SDK_DISTRIBUTIONS:
-        try:
-            return f"{dist} {importlib.metadata.version(dist)}"
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def _unsupported(name: str, what: str, instead: str) -> type:

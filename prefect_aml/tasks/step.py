@@ -345,6 +345,6 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
 @functools.cache
 def _azureml_shim() -> str | None:
     """The folder whose `azureml` package serves v1 imports to step scripts (none when the real SDK is here)."""
-    from prefect_aml.compat import SHIM_DIR, real_sdk
+    from prefect_aml._azureml import SHIM_DIR, real_sdk
 
     return None if real_sdk() else str(SHIM_DIR)
