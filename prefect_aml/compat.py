@@ -32,6 +32,7 @@ from prefect_aml.exceptions import UserErrorException
 __all__ = ["MODULES", "SHIM_DIR", "UNSUPPORTED", "RealAzureMLInstalledError", "UnsupportedFeatureError", "install",
            "real_sdk"]
 
+
 class UnsupportedFeatureError(UserErrorException):
     """An Azure-only service or configuration that prefect-aml does not run; the message says what to use."""
 
