@@ -515,3 +515,13 @@ def test_cancel_stops_steps_running_on_workers(ws, tmp_path, pool_compute, where
         assert worker.proc.poll() is None  # the worker lives on
     finally:
         worker.stop()
+
+
+def test_a_stopped_worker_leaves_its_pool_at_once(ws, pool_compute):
+    """Stopped with SIGTERM, `prefect-aml worker start` deregisters: runs sent to the pool do not wait for it."""
+    cpu = pool_compute(max_nodes=1)
+    worker = Worker(ws, cpu.name, "leaving")
+    assert _online(ws, cpu.name)
+    worker.stop()
+    assert worker.proc.returncode == 128 + signal.SIGTERM
+    assert ComputeTarget(ws, cpu.name).get_status().serialize()["currentNodeCount"] == 0

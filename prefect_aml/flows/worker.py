@@ -80,6 +80,29 @@ class AmlProcessWorker(ProcessWorker):
         return 0 if state.is_final() else 1
 
 
+def _leave_pool_on_signal(pool: str, worker: AmlProcessWorker) -> None:
+    """On SIGTERM or SIGINT the worker leaves its pool at once, then exits (as the default action would).
+
+    Without that a stopped worker reads "online" until its heartbeat ages out, and runs sent to the
+    pool meanwhile (a published pipeline's `submit`, a step) would wait for it."""
+    import os
+    import signal
+
+    def leave(signum, _frame) -> None:
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:
+                client._client.delete(f"/work_pools/{pool}/workers/{worker.name}", timeout=3)
+        except Exception:  # the API is gone too: nothing to tell it
+            pass
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
+
+
 async def serve(pool: str, name: str | None, limit: int) -> None:
     async with AmlProcessWorker(work_pool_name=pool, name=name, limit=limit) as worker:
+        _leave_pool_on_signal(pool, worker)
         await worker.start(with_healthcheck=False, printer=print)
