@@ -8,10 +8,14 @@ Prefect database, so they survive a server restart, and they are visible in the 
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect.blocks.core import Block
 from pydantic import Field
+
+if TYPE_CHECKING:
+    from prefect_aml.workspace import Workspace
 
 
 class PublishedPipelineRecord(Block):
@@ -76,3 +80,63 @@ class ScheduleRecord(Block):
     data_path_parameter_name: str | None = None
     automation_id: str | None = None
     created: str
+
+
+# each record is one block named "<prefix>-<its id>"
+_KINDS: dict[type, tuple[str, str]] = {
+    PublishedPipelineRecord: ("published", "pipeline_id"),
+    PipelineEndpointRecord: ("endpoint", "endpoint_id"),
+    ScheduleRecord: ("schedule", "schedule_id"),
+}
+R = TypeVar("R", PublishedPipelineRecord, PipelineEndpointRecord, ScheduleRecord)
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def block_name(cls: type, record_id: str) -> str:
+    return f"{_KINDS[cls][0]}-{record_id}"
+
+
+def list_records(cls: type[R], workspace: Workspace) -> list[R]:
+    """Every record of a kind in the workspace, oldest first."""
+    from prefect_aml.blocks import saved_blocks
+
+    workspace._activate()
+    with _client() as client:
+        return sorted(saved_blocks(client, cls), key=lambda r: r.created)
+
+
+def load_record(cls: type[R], record_id: str) -> R | None:
+    """One record by its id, from the active Prefect API (None when unknown or not an id)."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        uuid.UUID(str(record_id))
+    except ValueError:
+        return None
+    with _client() as client:
+        try:
+            doc = client.read_block_document_by_name(block_name(cls, str(record_id)), cls.get_block_type_slug())
+        except ObjectNotFound:
+            return None
+    return cls._from_block_document(doc)
+
+
+def save_record(record: Block) -> None:
+    cls = type(record)
+    record.save(block_name(cls, getattr(record, _KINDS[cls][1])), overwrite=True, _sync=True)
+
+
+def delete_record(cls: type, record_id: str) -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    with _client() as client:
+        try:
+            client.delete_block_document(client.read_block_document_by_name(
+                block_name(cls, record_id), cls.get_block_type_slug()).id)
+        except ObjectNotFound:
+            pass

@@ -19,7 +19,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from prefect_aml.blocks.published import PipelineEndpointRecord
+from prefect_aml.blocks.published import PipelineEndpointRecord, list_records, save_record
+from prefect_aml.blocks.published import load_record as load_block_record
 from prefect_aml.deployments.published import (
     ENDPOINT_TAG,
     PublishedPipeline,
@@ -38,32 +39,12 @@ if TYPE_CHECKING:
 DEFAULT_DEPLOYMENT = "default"
 
 
-def _block_name(endpoint_id: str) -> str:
-    return f"endpoint-{endpoint_id}"
-
-
 def _records(workspace: Workspace) -> list[PipelineEndpointRecord]:
-    from prefect_aml.blocks import saved_blocks
-
-    workspace._activate()
-    with _client() as client:
-        return sorted(saved_blocks(client, PipelineEndpointRecord), key=lambda r: r.created)
+    return list_records(PipelineEndpointRecord, workspace)
 
 
 def _load(endpoint_id: str) -> PipelineEndpointRecord | None:
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        uuid.UUID(str(endpoint_id))
-    except ValueError:
-        return None
-    with _client() as client:
-        try:
-            doc = client.read_block_document_by_name(_block_name(str(endpoint_id)),
-                                                     PipelineEndpointRecord.get_block_type_slug())
-        except ObjectNotFound:
-            return None
-    return PipelineEndpointRecord._from_block_document(doc)
+    return load_block_record(PipelineEndpointRecord, endpoint_id)
 
 
 def check_endpoint_active(endpoint_id: str) -> None:
@@ -170,7 +151,7 @@ class PipelineEndpoint:
 
     def _save(self) -> None:
         self.workspace._activate()
-        self._record.save(_block_name(self.id), overwrite=True, _sync=True)
+        save_record(self._record)
 
     # -- versions
     def _add(self, published: PublishedPipeline, make_default: bool) -> str:

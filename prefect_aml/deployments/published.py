@@ -22,7 +22,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from prefect_aml.blocks.published import PublishedPipelineRecord
+from prefect_aml.blocks.published import (
+    PublishedPipelineRecord,
+    _client,
+    delete_record,
+    list_records,
+    save_record,
+)
+from prefect_aml.blocks.published import load_record as load
 from prefect_aml.exceptions import PipelineValidationError, UserErrorException
 
 if TYPE_CHECKING:
@@ -49,43 +56,13 @@ def check_name(kind: str, name: Any) -> str:
     return name
 
 
-def record_block_name(pipeline_id: str) -> str:
-    return f"published-{pipeline_id}"
-
-
-def _client():
-    from prefect.client.orchestration import get_client
-
-    return get_client(sync_client=True)
-
-
 def _all_records(workspace: Workspace) -> list[PublishedPipelineRecord]:
-    from prefect_aml.blocks import saved_blocks
-
-    workspace._activate()
-    with _client() as client:
-        return sorted(saved_blocks(client, PublishedPipelineRecord), key=lambda r: r.created)
+    return list_records(PublishedPipelineRecord, workspace)
 
 
 def load_record(pipeline_id: str) -> PublishedPipelineRecord | None:
     """The record of a published pipeline, read from the active Prefect API (None when unknown)."""
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        uuid.UUID(str(pipeline_id))
-    except ValueError:
-        return None
-    with _client() as client:
-        try:
-            doc = client.read_block_document_by_name(record_block_name(str(pipeline_id)),
-                                                     PublishedPipelineRecord.get_block_type_slug())
-        except ObjectNotFound:
-            return None
-    return PublishedPipelineRecord._from_block_document(doc)
-
-
-def _save(record: PublishedPipelineRecord) -> None:
-    record.save(record_block_name(record.pipeline_id), overwrite=True, _sync=True)
+    return load(PublishedPipelineRecord, pipeline_id)
 
 
 # -- the flow a deployment runs -------------------------------------------------------------------------
@@ -313,26 +290,15 @@ def _publish(ws: Workspace, spec, store, name: str, description, version, contin
         parameters={n: {"type": p.type, "default": p.default} for n, p in spec.parameters.items()},
         continue_on_step_failure=bool(continue_on_step_failure), work_pool=pool,
         created=datetime.now(UTC).isoformat(), published_from_run=_from_run)
-    _save(record)  # the record first: a deployment never exists without the record its runs read
+    save_record(record)  # the record first: a deployment never exists without the record its runs read
     try:
         with _client() as client:
             record.deployment_id = deploy(client, record, name, version)
     except BaseException:
-        _delete_record(record.pipeline_id)
+        delete_record(PublishedPipelineRecord, record.pipeline_id)
         raise
-    _save(record)
+    save_record(record)
     return PublishedPipeline(ws, record)
-
-
-def _delete_record(pipeline_id: str) -> None:
-    from prefect.exceptions import ObjectNotFound
-
-    with _client() as client:
-        try:
-            client.delete_block_document(client.read_block_document_by_name(
-                record_block_name(pipeline_id), PublishedPipelineRecord.get_block_type_slug()).id)
-        except ObjectNotFound:
-            pass
 
 
 def flow_for_run(flow_run):
@@ -466,7 +432,7 @@ class PublishedPipeline:
             # a paused deployment schedules nothing; manual runs of it fail at their start (the flow checks)
             for dep in _deployments_of(client, record.pipeline_id):
                 client.update_deployment(dep.id, DeploymentUpdate(paused=status != "Active"))
-        _save(record)
+        save_record(record)
 
     def disable(self) -> None:
         """No route can run it any more: Python and REST refuse, its schedules stop, other runs fail at once."""

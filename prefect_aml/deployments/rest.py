@@ -150,10 +150,13 @@ def create_app(workspace: Workspace, token: str):
         return _submit(lambda exp, values, tags: published.submit(workspace, exp, values, tags=tags), body,
                        published.id)
 
-    def _endpoint_submit(endpoint, body: PipelineSubmitRequest, pipeline_version: str | None):
+    def _endpoint_submit(lookup: dict[str, str], body: PipelineSubmitRequest, pipeline_version: str | None):
+        """Find the endpoint (by id or name: 404 when unknown), then run its default or pinned version."""
+        from prefect_aml.deployments.endpoint import PipelineEndpoint
         from prefect_aml.deployments.published import PublishedPipelineDisabledError
 
         try:
+            endpoint = PipelineEndpoint.get(workspace, **lookup)
             published = endpoint.get_pipeline(pipeline_version)
         except PublishedPipelineDisabledError as err:
             raise HTTPException(409, str(err)) from None
@@ -167,28 +170,16 @@ def create_app(workspace: Workspace, token: str):
     def submit_endpoint(subscription_id: str, resource_group: str, workspace_name: str, endpoint_id: str,
                         body: PipelineSubmitRequest, pipelineVersion: str | None = None) -> PipelineRunResponse:
         """Run a pipeline endpoint's default version, or `pipelineVersion` (a query parameter)."""
-        from prefect_aml.deployments.endpoint import PipelineEndpoint
-
         _check_workspace(subscription_id, resource_group, workspace_name)
-        try:
-            endpoint = PipelineEndpoint.get(workspace, id=endpoint_id)
-        except UserErrorException as err:
-            raise HTTPException(404, str(err)) from None
-        return _endpoint_submit(endpoint, body, pipelineVersion)
+        return _endpoint_submit({"id": endpoint_id}, body, pipelineVersion)
 
     @app.post(prefix + "/PipelineRuns/PipelineEndpointSubmit/Name/{endpoint_name}",
               response_model=PipelineRunResponse, responses=errors, dependencies=[Depends(authorized)])
     def submit_endpoint_by_name(subscription_id: str, resource_group: str, workspace_name: str, endpoint_name: str,
                                 body: PipelineSubmitRequest, pipelineVersion: str | None = None) -> PipelineRunResponse:
         """Run a pipeline endpoint, found by name."""
-        from prefect_aml.deployments.endpoint import PipelineEndpoint
-
         _check_workspace(subscription_id, resource_group, workspace_name)
-        try:
-            endpoint = PipelineEndpoint.get(workspace, name=endpoint_name)
-        except UserErrorException as err:
-            raise HTTPException(404, str(err)) from None
-        return _endpoint_submit(endpoint, body, pipelineVersion)
+        return _endpoint_submit({"name": endpoint_name}, body, pipelineVersion)
 
     @app.get(prefix + "/PipelineRuns/{run_id}", response_model=RunStatusResponse, responses=errors,
              dependencies=[Depends(authorized)])

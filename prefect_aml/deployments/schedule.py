@@ -19,7 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from prefect_aml.blocks.published import ScheduleRecord
+from prefect_aml.blocks.published import ScheduleRecord, delete_record, list_records, load_record, save_record
 from prefect_aml.deployments.published import PublishedPipeline, _client, resolve_values
 from prefect_aml.exceptions import UserErrorException
 
@@ -188,31 +188,12 @@ class ScheduleRecurrence:
         return out
 
 
-def _block_name(schedule_id: str) -> str:
-    return f"schedule-{schedule_id}"
-
-
 def _records(workspace: Workspace) -> list[ScheduleRecord]:
-    from prefect_aml.blocks import saved_blocks
-
-    workspace._activate()
-    with _client() as client:
-        return sorted(saved_blocks(client, ScheduleRecord), key=lambda r: r.created)
+    return list_records(ScheduleRecord, workspace)
 
 
 def _load(schedule_id: str) -> ScheduleRecord | None:
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        uuid.UUID(str(schedule_id))
-    except ValueError:
-        return None
-    with _client() as client:
-        try:
-            doc = client.read_block_document_by_name(_block_name(str(schedule_id)), ScheduleRecord.get_block_type_slug())
-        except ObjectNotFound:
-            return None
-    return ScheduleRecord._from_block_document(doc)
+    return load_record(ScheduleRecord, schedule_id)
 
 
 def schedule_for_deployment_schedule(deployment_schedule_id: str, deployment_id: str | None = None):
@@ -350,7 +331,7 @@ class Schedule:
 
     def _save(self) -> None:
         self.workspace._activate()
-        self._record.save(_block_name(self.id), overwrite=True, _sync=True)
+        save_record(self._record)
 
     def _deployment_schedule(self, client):
         """Our deployment schedule (found by slug: re-created schedules get new ids)."""
@@ -473,13 +454,7 @@ class Schedule:
                 from prefect_aml.deployments.trigger import delete_trigger
 
                 delete_trigger(client, record)
-            from prefect.exceptions import ObjectNotFound
-
-            try:
-                doc = client.read_block_document_by_name(_block_name(self.id), ScheduleRecord.get_block_type_slug())
-                client.delete_block_document(doc.id)
-            except ObjectNotFound:
-                pass
+        delete_record(ScheduleRecord, self.id)
 
 
 def _for_api(values: dict[str, Any]) -> dict[str, Any]:
