@@ -27,6 +27,7 @@ from prefect.context import get_run_context
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from prefect_aml.exceptions import StepFailedError
 from prefect_aml.tasks.reuse import (
@@ -205,8 +206,7 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
     except BaseException:
         clusters.close()
         raise
-    for name, plan in plans.items():
-        logger.info(f"step {name}: {plan['explanation']}")
+    logger.info("Plan:\n" + "\n".join(f"  step {name}: {plan['explanation']}" for name, plan in plans.items()))
     policy = StepCachePolicy().configure(
         lock_manager=lock_manager_for(sc.default_store, ws.home, ws.redis_url), isolation_level="SERIALIZABLE")
 
@@ -271,7 +271,9 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                 plan = plans[name]
                 if plan.get("will_reuse"):  # a hit needs only its key: keep the task's inputs small
                     plan = {k: plan[k] for k in ("key", "out_key", "outputs", "explanation", "will_reuse")}
-                parameters = {"step": step.model_dump(), "plan": plan, "ctx": ctx, "upstream": upstream}
+                # quoted: plain JSON-like data that holds no futures, so Prefect need not walk it (twice) per step
+                parameters = {k: quote(v) for k, v in
+                              {"step": step.model_dump(), "plan": plan, "ctx": ctx, "upstream": upstream}.items()}
                 if (step.compute or {}).get("type") == "DaskCompute":
                     future = clusters.submit(step.compute, task, parameters)
                 else:

@@ -52,6 +52,25 @@ def watch_for_cancel(flow_run_id: UUID, done: threading.Event, in_thread: bool =
             os._exit(0)
 
 
+# what a pipeline run imports on its way; imported before the run starts (as a worker loads a flow
+# before running it), so a fresh runner's first steps do not pay for them inside the run
+WARM_MODULES = (
+    "anyio._backends._asyncio", "zipfile", "prefect.task_engine", "prefect.utilities.visualization",
+    "prefect.concurrency.sync", "prefect.locking.filesystem", "prefect.artifacts",
+    "prefect_aml.flows.submit", "prefect_aml.tasks.step", "prefect_aml.tasks.snapshots", "prefect_aml.tasks.locks",
+    "prefect_aml._transfer", "prefect_aml._azureml", "prefect_aml._embedded", "encodings.cp437",
+)
+
+
+def warm_up() -> None:
+    import gc
+    import importlib
+
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    gc.freeze()  # the modules' objects live as long as the process: keep them out of every collection
+
+
 def main(flow_run_id: str) -> int:
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
@@ -59,6 +78,7 @@ def main(flow_run_id: str) -> int:
     from prefect_aml.deployments.published import flow_for_run
     from prefect_aml.flows.pipeline import aml_pipeline
 
+    warm_up()
     run_id = UUID(flow_run_id)
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -289,9 +290,10 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         flow_ctx = FlowRunContext.get()
         with _ACTIVE_LOCK:
             _ACTIVE[proc] = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None
+        out = _script_logger(logger)
         readers = [
-            threading.Thread(target=_stream, args=(proc.stdout, None, logfile, lock, logger.info), daemon=True),
-            threading.Thread(target=_stream, args=(proc.stderr, tail, logfile, lock, logger.warning), daemon=True),
+            threading.Thread(target=_stream, args=(proc.stdout, None, logfile, lock, out.info), daemon=True),
+            threading.Thread(target=_stream, args=(proc.stderr, tail, logfile, lock, out.warning), daemon=True),
         ]
         for t in readers:
             t.start()
@@ -340,6 +342,24 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         write_json(store, f"{REUSE_PREFIX}/{plan['key']}.json", record)  # before Prefect's cache record
     return {"step": spec.name, "key": plan["key"], "out_key": plan["out_key"], "outputs": plan["outputs"],
             "task_run_id": task_run_id, "pipeline_run_id": ctx["run_id"]}
+
+
+@functools.cache
+def _script_output_logger() -> logging.Logger:
+    from prefect.logging.handlers import APILogHandler
+
+    out = logging.getLogger("prefect.task_runs.script")  # its level follows Prefect's logging settings
+    out.propagate = False
+    out.addHandler(APILogHandler())
+    return out
+
+
+def _script_logger(run_logger):
+    """Where a step script's lines go besides the step's log file: the task run's logs in Prefect (the UI).
+
+    Not to this process's console: printing every line of every script through Prefect's console
+    handler (rich) cost the runner more per step than Prefect's own task run."""
+    return type(run_logger)(_script_output_logger(), extra=run_logger.extra)
 
 
 @functools.cache
