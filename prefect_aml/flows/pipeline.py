@@ -271,13 +271,11 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                 plan = plans[name]
                 if plan.get("will_reuse"):  # a hit needs only its key: keep the task's inputs small
                     plan = {k: plan[k] for k in ("key", "out_key", "outputs", "explanation", "will_reuse")}
-                # quoted: plain JSON-like data that holds no futures, so Prefect need not walk it (twice) per step
-                parameters = {k: quote(v) for k, v in
-                              {"step": step.model_dump(), "plan": plan, "ctx": ctx, "upstream": upstream}.items()}
-                if (step.compute or {}).get("type") == "DaskCompute":
+                parameters = {"step": step.model_dump(), "plan": plan, "ctx": ctx, "upstream": upstream}
+                if (step.compute or {}).get("type") == "DaskCompute":  # Dask walks them itself (a quote is a tuple to it)
                     future = clusters.submit(step.compute, task, parameters)
-                else:
-                    future = task.submit(**parameters)
+                else:  # quoted: plain data without futures, so Prefect need not walk it (twice) per step
+                    future = task.submit(**{k: quote(v) for k, v in parameters.items()})
                 in_flight[future] = name
             if not in_flight:
                 continue

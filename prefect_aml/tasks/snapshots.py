@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -95,7 +96,7 @@ def file_hashes(src: str | os.PathLike, files: list[str] | dict[str, os.stat_res
                 out[rel] = digest
     if cache_file is not None and (todo or len(cache) != len(stats)):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.partial")
+        tmp = cache_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")
         tmp.write_text(json.dumps({rel: [*sigs[rel], out[rel]] for rel in stats}))
         os.replace(tmp, cache_file)
     return {rel: out[rel] for rel in stats}
@@ -182,7 +183,7 @@ def restore_snapshot(store, sid: str, dest: str | os.PathLike, cache_dir: str | 
     cache = Path(cache_dir) / f"{sid}.zip"
     if not cache.exists():
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.partial")
+        tmp = cache.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")  # steps restore it at once
         store.filesystem().get(store.full_path(f"{SNAPSHOT_PREFIX}/{sid}.zip"), str(tmp))
         os.replace(tmp, cache)
     with zipfile.ZipFile(cache) as z:
