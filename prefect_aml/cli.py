@@ -21,9 +21,12 @@ def server_start() -> None:
 
 @server.command("stop")
 def server_stop() -> None:
-    """Stop the embedded server started from this home."""
+    """Stop the embedded server started from this home, and the warm runner."""
     from prefect_aml import _embedded
+    from prefect_aml.flows import forkserver
 
+    if forkserver.stop():
+        typer.echo("stopped the warm runner")
     typer.echo("stopped" if _embedded.stop_server() else "no embedded server was running")
 
 

@@ -143,4 +143,7 @@ def tmp(tmp_path):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    from prefect_aml.flows import forkserver
+
+    forkserver.stop()  # the warm runner the tests' submits started
     shutil.rmtree(_STATE, ignore_errors=True)

@@ -276,3 +276,46 @@ def test_submit_rejects_bad_parameters_before_anything_runs(ws, src):
     with pytest.raises(PipelineValidationError, match="'k' expects int"):
         exp.submit(Pipeline(ws, [step]), pipeline_parameters={"k": "x"})
     assert list(exp.get_runs()) == []
+
+
+def _wait_for_warm_runner(timeout: float = 60) -> int:
+    from prefect_aml.flows import forkserver
+
+    deadline = time.time() + timeout
+    while (pid := forkserver.serving()) is None and time.time() < deadline:
+        time.sleep(0.3)
+    assert pid, "no warm runner started after a submit"
+    return pid
+
+
+def test_runs_fork_from_the_warm_runner_with_the_submitters_environment(ws, src, tmp, monkeypatch):
+    """After a first submit, runs are children of one warm runner; each gets its submitter's environment
+    and working directory, and the warm runner stops when asked (runs then start the plain way)."""
+    from prefect_aml.flows import forkserver
+
+    (tmp / "src" / "who.py").write_text(textwrap.dedent("""
+        import os
+        runner = os.getppid()
+        warm = int(open(f"/proc/{runner}/stat").read().rsplit(")", 1)[1].split()[1])
+        print("LINEAGE", warm, os.environ.get("AML_TEST_VAR"), os.readlink(f"/proc/{runner}/cwd"))
+    """))
+    exp = _exp(ws)
+
+    def lineage(value: str) -> list[str]:
+        monkeypatch.setenv("AML_TEST_VAR", value)
+        run = exp.submit(Pipeline(ws, [PythonScriptStep("who.py", source_directory=src, allow_reuse=False)]))
+        assert run.wait_for_completion(show_output=False, timeout_seconds=120) == "Finished"
+        return next(ln for ln in run.get_steps()[0].get_job_log().splitlines() if ln.startswith("LINEAGE")).split()
+
+    lineage("first")  # starts the warm runner, if none serves yet
+    warm = _wait_for_warm_runner()
+    cwd = tmp / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # the runner's working directory is the submitter's (steps run in their snapshot)
+    assert lineage("second") == ["LINEAGE", str(warm), "second", str(cwd.resolve())]
+    assert lineage("third") == ["LINEAGE", str(warm), "third", str(cwd.resolve())]
+    assert forkserver.stop()
+    assert forkserver.serving() is None
+    monkeypatch.setenv("PREFECT_AML_FORKSERVER", "0")
+    plain = lineage("plain")
+    assert plain[1] != str(warm) and plain[2] == "plain"

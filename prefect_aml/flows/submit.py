@@ -1,8 +1,8 @@
 """Submitting a pipeline: validate, snapshot the sources, store the spec, create the flow run, start it.
 
 `Experiment.submit` lands here. Everything is checked and written before the flow run exists; the
-run itself happens in a background runner process (`prefect_aml.flows.runner`), so submit returns
-at once. `explain_reuse` plans the same way without creating anything.
+run itself happens in a background runner process (`prefect_aml.flows.runner`, forked from a warm
+runner when one is serving: `flows/forkserver.py`), so submit returns at once. `explain_reuse` plans the same way without creating anything.
 """
 
 from __future__ import annotations
@@ -174,8 +174,12 @@ def submit_pipeline(experiment: Experiment, pipeline, pipeline_parameters, tags,
 
 
 def _start_runner(ws, flow_run_id: str) -> None:
+    from prefect_aml.flows import forkserver
+
     logs = ws.home / "runs"
     logs.mkdir(parents=True, exist_ok=True)
+    if forkserver.start_run(flow_run_id, logs / f"{flow_run_id}.log"):  # forked from a warm runner
+        return
     with open(logs / f"{flow_run_id}.log", "ab") as out:
         subprocess.Popen([sys.executable, "-m", "prefect_aml.flows.runner", flow_run_id], stdout=out,
                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
