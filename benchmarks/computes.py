@@ -196,6 +196,8 @@ def main() -> None:
     finally:
         for s in services:
             s.stop()
+        from prefect_aml.flows import forkserver
+        forkserver.stop()  # the warm runner this benchmark's submits started
         server.stop()
 
 

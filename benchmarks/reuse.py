@@ -168,6 +168,8 @@ def main() -> None:
             try:
                 results["reuse"] = bench_reuse(work, args.steps, args.repeat)
             finally:
+                from prefect_aml.flows import forkserver
+                forkserver.stop()  # the warm runner this benchmark's submits started
                 server.stop()
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))

@@ -116,6 +116,8 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=2))
     finally:
+        from prefect_aml.flows import forkserver
+        forkserver.stop()  # the warm runner this benchmark's submits started
         server.stop()
 
 
