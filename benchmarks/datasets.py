@@ -5,7 +5,8 @@ temporary folder, then, alternating ours and theirs, times:
 
 - `to_pandas_dataframe()` of the parquet dataset (with partition_format, so year/month become
   columns) against `pyarrow.dataset` with the same directory partitioning and `pandas.read_parquet`
-  of the folder (which does less: no partition columns);
+  of the folder (which does less: no partition columns), and the same without partition_format
+  (the 4 columns pandas returns);
 - `to_pandas_dataframe()` of the CSV against `pandas.read_csv` (C engine) and `engine="pyarrow"`;
 - the peak memory of iterating `to_batches()` over the parquet dataset, and over half of it, each in
   a fresh process (resident set sampled every 20 ms, and its size before the first batch).
@@ -72,6 +73,8 @@ READERS = {
                                                "pads.partitioning(pa.schema([('year', pa.string()), ('month', "
                                                "pa.string())]))).to_table().to_pandas()",
         "pandas.read_parquet(folder), 4 columns": "pd.read_parquet(work + '/parquet')",
+        "prefect-aml, no partition_format, 4 columns": "Dataset.Tabular.from_parquet_files((store, "
+                                                       "'parquet/**/data.parquet')).to_pandas_dataframe()",
     },
     "csv 200 MB -> pandas": {
         "prefect-aml to_pandas_dataframe": "Dataset.Tabular.from_delimited_files((store, 'data.csv'))"
