@@ -319,3 +319,22 @@ def test_runs_fork_from_the_warm_runner_with_the_submitters_environment(ws, src,
     monkeypatch.setenv("PREFECT_AML_FORKSERVER", "0")
     plain = lineage("plain")
     assert plain[1] != str(warm) and plain[2] == "plain"
+
+
+def test_warm_runner_address_is_one_per_environment_and_code(tmp):
+    """The same interpreter reached by another path finds the same warm runner; other logging settings do not."""
+    import os
+    import sys
+
+    code = "from prefect_aml.flows import forkserver; print(forkserver.address()[1:])"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING_")}
+
+    def addr(python: str, cwd=None, **extra) -> str:
+        out = subprocess.run([python, "-c", code], cwd=cwd, env={**env, **extra}, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        assert out.startswith("prefect-aml-runner-")
+        return out
+
+    absolute = addr(sys.executable)
+    assert addr(os.path.relpath(sys.executable, tmp), cwd=tmp) == absolute  # e.g. ../../.venv/bin/python
+    assert addr(sys.executable, PREFECT_LOGGING_LEVEL="DEBUG") != absolute

@@ -36,7 +36,8 @@ def address() -> str:
 
     import prefect_aml
 
-    h = hashlib.sha256(f"{sys.executable}\0{os.getuid()}\0{prefect.__version__}".encode())
+    exe = os.path.normpath(os.path.abspath(sys.executable))  # `../../.venv/bin/python` and `.venv/bin/python` alike
+    h = hashlib.sha256(f"{exe}\0{sys.prefix}\0{os.getuid()}\0{prefect.__version__}".encode())
     for k in sorted(os.environ):
         if k.startswith("PREFECT_LOGGING_"):  # Prefect configures logging once, at import
             h.update(f"{k}={os.environ[k]}\0".encode())
