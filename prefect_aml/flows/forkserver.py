@@ -3,8 +3,8 @@ runner for each submitted run (Linux).
 
 A runner started as a new process spends ~2.5 s importing Prefect before its run can start; a child
 forked from this process starts at once. Clients find the server by an abstract Unix socket named
-after the interpreter, the user, the Prefect logging settings and a fingerprint of Prefect's and
-prefect-aml's files, so changed code gets a server of its own. The first submit starts one (its own
+after the interpreter (its path and environment), the user, Prefect's version and logging settings
+and a fingerprint of prefect-aml's files, so changed code gets a server of its own. The first submit starts one (its own
 run starts the plain way); the server exits after IDLE_SECONDS without a request, or when `stop()`
 asks. Each child takes the submitting process's environment and working directory and writes to the
 run's log file. Off with PREFECT_AML_FORKSERVER=0; where fork or abstract sockets are missing
@@ -76,8 +76,9 @@ def start_run(flow_run_id: str, log_path: str | os.PathLike) -> bool:
     if reply is None:
         import subprocess
 
-        subprocess.Popen([sys.executable, "-m", "prefect_aml.flows.forkserver", addr.lstrip("\0")], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
+        subprocess.Popen([sys.executable, "-m", "prefect_aml.flows.forkserver", addr.lstrip("\0")],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, cwd="/")
         return False
     return True  # the request was read whole: the server forks a runner for it
 

@@ -2,7 +2,8 @@
 
 `Experiment.submit` lands here. Everything is checked and written before the flow run exists; the
 run itself happens in a background runner process (`prefect_aml.flows.runner`, forked from a warm
-runner when one is serving: `flows/forkserver.py`), so submit returns at once. `explain_reuse` plans the same way without creating anything.
+runner when one is serving: `flows/forkserver.py`), so submit returns at once. `explain_reuse`
+plans the same way without creating anything.
 """
 
 from __future__ import annotations
