@@ -15,6 +15,7 @@ run's log file. Off with PREFECT_AML_FORKSERVER=0; where fork or abstract socket
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,20 +33,26 @@ def enabled() -> bool:
 
 def address() -> str:
     """The abstract socket name of the server for this interpreter, user, logging settings and code."""
+    h = hashlib.sha256(_code_fingerprint().encode())
+    for k in sorted(os.environ):
+        if k.startswith("PREFECT_LOGGING_"):  # Prefect configures logging once, at import
+            h.update(f"{k}={os.environ[k]}\0".encode())
+    return "\0prefect-aml-runner-" + h.hexdigest()[:24]
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    """The interpreter, user and code this process runs: computed once (it loaded that code once)."""
     import prefect
 
     import prefect_aml
 
     exe = os.path.normpath(os.path.abspath(sys.executable))  # `../../.venv/bin/python` and `.venv/bin/python` alike
     h = hashlib.sha256(f"{exe}\0{sys.prefix}\0{os.getuid()}\0{prefect.__version__}".encode())
-    for k in sorted(os.environ):
-        if k.startswith("PREFECT_LOGGING_"):  # Prefect configures logging once, at import
-            h.update(f"{k}={os.environ[k]}\0".encode())
-    root = Path(prefect_aml.__file__).parent
-    for p in sorted(root.rglob("*.py")):
+    for p in sorted(Path(prefect_aml.__file__).parent.rglob("*.py")):
         st = p.stat()
         h.update(f"{p}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
-    return "\0prefect-aml-runner-" + h.hexdigest()[:24]
+    return h.hexdigest()
 
 
 def _request(addr: str, message: dict, timeout: float = 10.0) -> dict | None:
