@@ -121,6 +121,48 @@ def test_partition_format_columns_and_pruning(store, tmp):
         Dataset.Tabular.from_parquet_files((store, prefix), partition_format="/data.parquet")
 
 
+def test_delimited_whole_reads_match_the_arrow_path(store, tmp):
+    """Delimited files read whole go through pandas' CSV parser; the frame is the one pyarrow's reader gives,
+    and anything that would differ falls back to pyarrow."""
+    from prefect_aml import _tabular
+
+    prefix = f"csv-{uuid.uuid4().hex[:6]}"
+    root = tmp / "c"
+    (root / "east").mkdir(parents=True)
+    (root / "west").mkdir(parents=True)
+    (root / "east" / "d.csv").write_text('i;f;s;z\n1;0.5;"a;b";01\n2;;NA;02\n3;1e3;"";03\n')
+    (root / "west" / "d.csv").write_text("i;f;s;z\n;2.25;null;04\n5;-1;x y;05\n")
+    store.upload(str(root), target_path=prefix, show_progress=False)
+
+    def both(ds):
+        return _tabular.read_pandas(ds._arrow(), ds._ops), _tabular.read_table(ds._arrow(), ds._ops).to_pandas()
+
+    ds = Dataset.Tabular.from_delimited_files((store, f"{prefix}/*/d.csv"), separator=";", include_path=True,
+                                              partition_format="/{region}/d.csv")
+    fast, arrow = both(ds)
+    assert fast is not None
+    pd.testing.assert_frame_equal(fast, arrow)
+    assert fast["i"].tolist()[:3] == [1.0, 2.0, 3.0] and fast["i"].isna().sum() == 1  # a missing integer: float
+    assert fast["s"].tolist()[0] == "a;b" and fast["s"].isna().sum() == 3 and fast["z"].tolist() == [1, 2, 3, 4, 5]
+    assert fast["region"].tolist() == ["east"] * 3 + ["west"] * 2
+    pd.testing.assert_frame_equal(ds.to_pandas_dataframe(), arrow)
+    one = Dataset.Tabular.from_delimited_files((store, f"{prefix}/east/d.csv"), separator=";", header=False)
+    fast, arrow = both(one)
+    assert fast is not None and fast["Column1"].tolist() == ["i", "1", "2", "3"]
+    pd.testing.assert_frame_equal(fast, arrow)
+    # pandas would read z as numbers and empty strings as missing: these take the arrow path, with its result
+    for differs in (Dataset.Tabular.from_delimited_files((store, f"{prefix}/*/d.csv"), separator=";",
+                                                         set_column_types={"z": str}),
+                    Dataset.Tabular.from_delimited_files((store, f"{prefix}/*/d.csv"), separator=";",
+                                                         empty_as_string=True)):
+        fast, arrow = both(differs)
+        assert fast is None
+        pd.testing.assert_frame_equal(differs.to_pandas_dataframe(), arrow)
+    assert Dataset.Tabular.from_delimited_files((store, f"{prefix}/*/d.csv"), separator=";", set_column_types={
+        "z": str}).to_pandas_dataframe()["z"].tolist() == ["01", "02", "03", "04", "05"]
+    assert _tabular.read_pandas(ds.keep_columns(["i"])._arrow(), ds.keep_columns(["i"])._ops) is None
+
+
 def test_mount_profile_and_urls(ws, table_on, tmp):
     store, prefix = table_on
     files = Dataset.File.from_files((store, f"{prefix}/*.csv"))
