@@ -11,7 +11,7 @@ temporary folder, then, alternating ours and theirs, times:
 - the peak memory of iterating `to_batches()` over the parquet dataset, and over half of it, each in
   a fresh process (resident set sampled every 20 ms, and its size before the first batch).
 
-    python benchmarks/datasets.py [--repeat 3] [--gb 1.0] [--json out.json]
+    python benchmarks/datasets.py [--repeat 3] [--gb 1.0] [--only parquet|csv|memory] [--json out.json]
 """
 
 from __future__ import annotations
@@ -135,14 +135,17 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--csv-mb", type=float, default=200.0)
     ap.add_argument("--json")
+    ap.add_argument("--only", choices=["parquet", "csv", "memory"], help="one part only")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="aml-bench-ds-"))
     results: dict[str, dict] = {}
     try:
-        pq_bytes = make_parquet(work / "parquet", args.gb)
-        csv_bytes = make_csv(work / "data.csv", args.csv_mb)
+        pq_bytes = make_parquet(work / "parquet", args.gb) if args.only != "csv" else 0
+        csv_bytes = make_csv(work / "data.csv", args.csv_mb) if args.only in (None, "csv") else 0
         print(f"parquet: {pq_bytes / 1024**3:.2f} GB in 16 files; csv: {csv_bytes / 1024**2:.0f} MB")
         for case, readers in READERS.items():
+            if args.only and not case.startswith(args.only):
+                continue
             times: dict[str, list[float]] = {k: [] for k in readers}
             shapes = {}
             for name in readers:  # warm-up: the page cache holds the files for every reader
@@ -160,7 +163,7 @@ def main() -> None:
             for k, v in med.items():
                 print(f"  {k:40s} {v:7.2f} s  shape {tuple(shapes[k])}  their time / ours = {v / ours:.2f}")
         print()
-        for label, where in (("all 16 files", "all"), ("half (8 files)", "half")):
+        for label, where in (("all 16 files", "all"), ("half (8 files)", "half")) if args.only in (None, "memory") else ():
             out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(ROOT), str(work), where],
                                  capture_output=True, text=True, check=True).stdout.split()
             rows, base, peak = int(out[0]), int(out[1]), int(out[2])
