@@ -142,7 +142,7 @@ def serve(addr: str) -> int:
     import prefect_aml.flows.pipeline  # noqa: F401
     from prefect_aml.flows import runner
 
-    runner.warm_up()
+    runner.warm_up(dask=True)
     if threading.active_count() != 1:  # forking a process with threads is not safe: let runs start the plain way
         return 1
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

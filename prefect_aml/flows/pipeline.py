@@ -127,6 +127,9 @@ class _DaskClusters:
         if runner is None:
             runner = self._stack.enter_context(_dask_runner(compute))
             self._runners[compute["name"]] = runner
+            client = runner.client  # connects to (or starts) the cluster now: DaskTaskRunner does it lazily
+            if compute.get("address"):  # workers that have not run a step yet import Prefect now, not at their first step
+                client.run(_warm_dask_worker, wait=False, on_error="ignore")
         return runner
 
     def submit(self, compute: dict, task, parameters: dict):
@@ -138,6 +141,16 @@ class _DaskClusters:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def _warm_dask_worker() -> None:
+    """On each Dask worker: what its first step would import (~2 s in a fresh worker process)."""
+    import importlib
+
+    from prefect_aml.flows.runner import WARM_MODULES
+
+    for name in WARM_MODULES:
+        importlib.import_module(name)
 
 
 def _dask_runner(compute: dict):
