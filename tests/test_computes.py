@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
@@ -48,6 +49,16 @@ SCRIPTS = {
                    "end": time.time(), "upstream": upstream, "color": os.environ.get("COLOR")},
                   open(os.path.join(args.out, "where.json"), "w"))
         print("ran on", os.environ.get("AML_TEST_NODE", "pipeline"))
+    """,
+    "metric.py": """
+        import os, sys, time
+        from azureml.core import Run
+        Run.get_context().log("node_is_gpu", float(os.environ.get("AML_TEST_NODE") == "gpu-node"))
+        time.sleep(float(sys.argv[1]))
+        print("metric step on", os.environ.get("AML_TEST_NODE"))
+        if len(sys.argv) > 2:
+            print("boom: asked to fail", file=sys.stderr)
+            sys.exit(int(sys.argv[2]))
     """,
     "burn.py": """
         import argparse, json, os, time
@@ -323,6 +334,55 @@ def test_external_dask_cluster_routes_gpu_steps_to_gpu_workers(ws, src, tmp_path
         got = _intervals(run, [s.name for s in steps], tmp_path)
         assert {got[f"gpu{i}"]["node"] for i in range(3)} == {"gpu-node"}
         assert {got[f"cpu{i}"]["node"] for i in range(3)} <= {"gpu-node", "cpu-node"}
+    finally:
+        gpu.delete()
+        cpu.delete()
+
+
+def test_dask_steps_report_to_their_task_runs_and_start_when_a_slot_is_free(ws, src, dask_cluster):
+    """A Dask step's work runs on a worker while its task run stays in the pipeline flow: the worker's log
+    lines and the step's metrics reach that task run, a failure carries its stderr, and no more steps are
+    sent than the compute has slots (one GPU here), so a task run is Running only while its step runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterTaskRunId,
+        LogFilter,
+        LogFilterTaskRunId,
+    )
+
+    gpu = ComputeTarget.attach(ws, _name("gpu"), DaskCompute.attach_configuration(address=dask_cluster, gpu=True))
+    cpu = ComputeTarget.attach(ws, _name("cpu"), DaskCompute.attach_configuration(address=dask_cluster))
+    try:
+        steps = [PythonScriptStep("metric.py", name=f"g{i}", source_directory=src, compute_target=gpu, arguments=[1],
+                                  allow_reuse=False) for i in range(3)]
+        steps.append(PythonScriptStep("metric.py", name="bad", source_directory=src, compute_target=cpu,
+                                      arguments=[0, 3], allow_reuse=False))
+        run = _exp(ws).submit(Pipeline(ws, steps), continue_on_step_failure=True)
+        with pytest.raises(ActivityFailedException, match="boom: asked to fail"):
+            run.wait_for_completion(show_output=False)
+        step_runs = {n: run.find_step_run(n)[0] for n in ("g0", "g1", "g2", "bad")}
+        assert {n: r.get_status() for n, r in step_runs.items()} == {"g0": "Finished", "g1": "Finished",
+                                                                     "g2": "Finished", "bad": "Failed"}
+        assert step_runs["g1"].get_metrics() == {"node_is_gpu": 1.0}
+        with get_client(sync_client=True) as client:
+            task_runs = sorted((client.read_task_run(r.id) for n, r in step_runs.items() if n != "bad"),
+                               key=lambda t: t.start_time)
+            for before, after in zip(task_runs, task_runs[1:], strict=False):  # one GPU: one step's task run at a time
+                assert after.start_time >= before.end_time - timedelta(seconds=0.05), (
+                    f"{after.name} was Running while {before.name} held the only GPU slot")
+            arts = client.read_artifacts(artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(
+                any_=[step_runs["g0"].id, step_runs["bad"].id])))
+            assert {a.key for a in arts} == {"metrics-g0", "metrics-bad"}  # a failed step's metrics too
+            deadline = time.time() + 15  # the Dask worker sends its log lines in batches
+            while True:
+                lines = [lg.message for lg in client.read_logs(log_filter=LogFilter(
+                    task_run_id=LogFilterTaskRunId(any_=[step_runs["g2"].id])))]
+                if any("metric step on gpu-node" in m for m in lines) or time.time() > deadline:
+                    break
+                time.sleep(0.5)
+        assert any("metric step on gpu-node" in m for m in lines), lines
+        assert any("Step 'g2' will run" in m for m in lines), lines
     finally:
         gpu.delete()
         cpu.delete()

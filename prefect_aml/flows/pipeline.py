@@ -3,8 +3,9 @@
 First every step is planned (its reuse key and why it will run or be reused); then steps are
 submitted as their upstream steps finish. Independent steps run at the same time (a thread pool;
 each step is its own subprocess). Each step runs where its compute says: beside this flow; on a
-Dask compute, as a task run executed by a Dask worker (`DaskTaskRunner`); on a work-pool compute,
-as a flow run on that pool which the step's task waits for (`flows/step.py`). A reused step is a task run in state Cached that never enters its
+Dask compute, on a worker of the cluster a `DaskTaskRunner` connects to or starts, while its task
+run waits here (at most as many at once as the cluster has slots); on a work-pool compute, as a
+flow run on that pool which the step's task waits for (`flows/step.py`). A reused step is a task run in state Cached that never enters its
 body: when the plan has resolved the hit, the task run is recorded at once (the state events
 Prefect's engine would emit); otherwise the task's cache policy decides. When a step fails, no new
 step starts unless `continue_on_step_failure`, in which case every step that does not depend on the
@@ -14,8 +15,10 @@ failed one still runs; the pipeline run fails either way.
 from __future__ import annotations
 
 import contextvars
+import threading
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
@@ -104,15 +107,23 @@ def _record_hit(task, step_name: str, plan: dict) -> str:
 
 
 class _DaskClusters:
-    """The Dask computes a pipeline run uses: one `DaskTaskRunner` each, started on first use, closed at the end.
+    """The Dask computes a pipeline run uses: one `DaskTaskRunner` each (its cluster and client), started
+    while the run is planned, closed at the end.
 
     A compute with an address is an existing scheduler; otherwise a `LocalCluster` (a
-    `LocalCUDACluster` for `gpu=True`) lives as long as the run. Steps on a `gpu=True` compute ask
-    for a `GPU` worker resource, so Dask places them only on workers that offer one."""
+    `LocalCUDACluster` for `gpu=True`) lives as long as the run. Each step keeps its Prefect task run
+    in the pipeline flow, and only its work (`execute_on_dask_worker`) is sent to the cluster, where
+    Prefect's task engine would rebuild its settings and context for every step (~0.2 s each). Steps on
+    a `gpu=True` compute ask for a `GPU` worker resource, so Dask places them only on workers that
+    offer one; no more steps are sent than the cluster has slots, so a step's task run starts when its
+    work does."""
 
-    def __init__(self):
+    def __init__(self, run_id: str):
         self._stack = ExitStack()
         self._runners: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.run_id = run_id
+        _DASK_RUNS[run_id] = self
 
     def start(self, computes: list[dict]) -> None:
         """Connect to (or start) the clusters a run will use, before its first step is ready.
@@ -120,27 +131,46 @@ class _DaskClusters:
         GPU clusters start on first use: they are costly, and a fully reused run needs none."""
         for compute in computes:
             if not compute.get("gpu") or compute.get("address"):
-                self._runner(compute)
+                self.client(compute)
 
-    def _runner(self, compute: dict):
-        runner = self._runners.get(compute["name"])
-        if runner is None:
-            runner = self._stack.enter_context(_dask_runner(compute))
-            self._runners[compute["name"]] = runner
-            client = runner.client  # connects to (or starts) the cluster now: DaskTaskRunner does it lazily
-            if compute.get("address"):  # workers that have not run a step yet import Prefect now, not at their first step
-                client.run(_warm_dask_worker, wait=False, on_error="ignore")
-        return runner
+    def client(self, compute: dict):
+        with self._lock:
+            runner = self._runners.get(compute["name"])
+            if runner is None:
+                runner = self._stack.enter_context(_dask_runner(compute))
+                self._runners[compute["name"]] = runner
+                client = runner.client  # connects to (or starts) the cluster now: DaskTaskRunner does it lazily
+                if compute.get("address"):  # workers that have not run a step yet import Prefect now, not at their first step
+                    client.run(_warm_dask_worker, wait=False, on_error="ignore")
+            return runner.client
 
-    def submit(self, compute: dict, task, parameters: dict):
-        import dask
-
-        runner = self._runner(compute)
-        with dask.annotate(resources={"GPU": 1}) if compute.get("gpu") else nullcontext():
-            return runner.submit(task, parameters)
+    def capacity(self, compute: dict) -> int:
+        """How many of this compute's steps the cluster can run at once (its threads, or its GPUs)."""
+        workers = self.client(compute).scheduler_info().get("workers", {}).values()
+        if compute.get("gpu"):
+            return max(1, sum(int(w.get("resources", {}).get("GPU", 0)) for w in workers))
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
 
     def close(self) -> None:
+        _DASK_RUNS.pop(self.run_id, None)
         self._stack.close()
+
+
+_DASK_RUNS: dict[str, _DaskClusters] = {}  # pipeline run id -> its clusters, for its step tasks
+
+
+def run_on_dask(compute: dict, step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str,
+                log_extra: dict) -> dict:
+    """From a step's task run: run its work on the compute's cluster and wait for it."""
+    from prefect_aml.tasks.step import execute_on_dask_worker
+
+    clusters = _DASK_RUNS.get(ctx["run_id"])
+    if clusters is None:
+        raise RuntimeError(f"Step {step['name']!r}: no Dask clusters are open for pipeline run {ctx['run_id']}.")
+    future = clusters.client(compute).submit(
+        execute_on_dask_worker, step, plan, ctx, upstream, task_run_id, log_extra, key=f"aml-step-{task_run_id}",
+        pure=False, resources={"GPU": 1} if compute.get("gpu") else None)
+    return future.result()
 
 
 def _warm_dask_worker() -> None:
@@ -166,6 +196,10 @@ def _dask_runner(compute: dict):
     # and the cluster is up in a fraction of the time worker processes take to start
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={**kwargs, "processes": False, "dashboard_address": None})
+
+
+def _on_dask(step) -> bool:
+    return (step.compute or {}).get("type") == "DaskCompute"
 
 
 def _was_cancelled(run_id: str) -> bool:
@@ -202,7 +236,7 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
            "regenerate_outputs": regenerate_outputs, "ui_url": ws.api_url_or_default().removesuffix("/api")}
     sc = StepContext(ctx)
     pipeline = load_spec(sc.default_store, spec_path)
-    clusters = _DaskClusters()
+    clusters = _DaskClusters(run_id)
     try:
         # two server round trips and the Dask clusters' start, while the plan reads the datastore
         with ThreadPoolExecutor(3) as pool:
@@ -236,6 +270,8 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
     failed: dict[str, str] = {}
     skipped: list[str] = []
     in_flight: dict[Any, str] = {}
+    held: dict[str, deque] = defaultdict(deque)  # ready steps waiting for a free slot on their Dask compute
+    on_dask: dict[str, int] = defaultdict(int)  # steps running on each Dask compute
     recorded: set[str] = set()  # hits the plan resolved, recorded as Cached task runs without dispatch
     reused: dict[str, dict] = {}  # their records, written once at the end
 
@@ -284,16 +320,30 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                 plan = plans[name]
                 if plan.get("will_reuse"):  # a hit needs only its key: keep the task's inputs small
                     plan = {k: plan[k] for k in ("key", "out_key", "outputs", "explanation", "will_reuse")}
-                parameters = {"step": step.model_dump(), "plan": plan, "ctx": ctx, "upstream": upstream}
-                if (step.compute or {}).get("type") == "DaskCompute":  # Dask walks them itself (a quote is a tuple to it)
-                    future = clusters.submit(step.compute, task, parameters)
-                else:  # quoted: plain data without futures, so Prefect need not walk it (twice) per step
-                    future = task.submit(**{k: quote(v) for k, v in parameters.items()})
-                in_flight[future] = name
+                # quoted: plain data without futures, so Prefect need not walk it (twice) per step
+                submit = (name, task, {"step": quote(step.model_dump()), "plan": quote(plan), "ctx": quote(ctx),
+                                       "upstream": quote(upstream)})
+                if _on_dask(step) and not plans[name].get("will_reuse"):  # a hit is never sent to the cluster
+                    held[step.compute["name"]].append(submit)
+                else:
+                    in_flight[task.submit(**submit[2])] = name
+            for compute_name, queue in held.items():
+                compute = pipeline.step(queue[0][0]).compute if queue else None
+                while queue and on_dask[compute_name] < clusters.capacity(compute):
+                    name, task, parameters = queue.popleft()
+                    if failed and not continue_on_step_failure:
+                        logger.warning(f"Step {name!r} does not run: an earlier step failed")
+                        skipped.append(name)
+                        sorter.done(name)
+                        continue
+                    in_flight[task.submit(**parameters)] = name
+                    on_dask[compute_name] += 1
             if not in_flight:
                 continue
             future = next(as_completed(list(in_flight)))
             name = in_flight.pop(future)
+            if _on_dask(pipeline.step(name)) and not plans[name].get("will_reuse"):
+                on_dask[pipeline.step(name).compute["name"]] -= 1
             settle(name, future)
             sorter.done(name)
     finally:

@@ -177,12 +177,40 @@ def run_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict]) -> di
         from prefect_aml.flows.step import run_on_pool
 
         return run_on_pool(StepSpec.model_validate(step), step, plan, ctx, upstream, task_run_id, get_run_logger())
+    if compute.get("type") == "DaskCompute":
+        from prefect_aml.flows.pipeline import run_on_dask
+
+        try:
+            result = run_on_dask(compute, step, plan, ctx, upstream, task_run_id, dict(get_run_logger().extra))
+        except StepFailedError as err:
+            publish_metrics(step["name"], getattr(err, "metrics", None) or {})
+            raise
+        publish_metrics(step["name"], result.pop("metrics"))
+        return result
     return execute_step(step, plan, ctx, upstream, task_run_id)
 
 
-def execute_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict], task_run_id: str) -> dict:
-    """Run one step in this process's machine: inputs, the script in a subprocess, outputs, records."""
-    logger = get_run_logger()
+def execute_on_dask_worker(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict], task_run_id: str,
+                           log_extra: dict) -> dict:
+    """A step's work on a Dask worker. Its Prefect task run lives in the pipeline flow (rebuilding Prefect's
+    settings and task engine on the worker cost ~0.2 s per step); its log lines go to that task run by id,
+    and its metrics come back with the result (or the error) to be published there."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.loggers import PrefectLogAdapter, get_logger
+
+    ensure_logging_setup()
+    logger = PrefectLogAdapter(get_logger("prefect.task_runs"), extra=log_extra)
+    return execute_step(step, plan, ctx, upstream, task_run_id, logger=logger, flow_run_id=log_extra["flow_run_id"],
+                        publish=False)
+
+
+def execute_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict], task_run_id: str, logger=None,
+                 flow_run_id: str | None = None, publish: bool = True) -> dict:
+    """Run one step in this process's machine: inputs, the script in a subprocess, outputs, records.
+
+    Inside a Prefect task run by default; elsewhere (a Dask worker) with the task run's logger and flow
+    run id given, and with `publish=False` the metrics are returned (as "metrics", or on the error)."""
+    logger = logger or get_run_logger()
     spec = StepSpec.model_validate(step)
     sc = StepContext(ctx)
     logger.info(f"Step {spec.name!r} {plan['explanation']}")
@@ -211,13 +239,13 @@ def execute_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict], t
         inputs[inp.name] = {"store": sc.store(ds), "path": path, "mode": inp.mode}
     work = Path(tempfile.mkdtemp(prefix=f"aml-{ctx['run_id'][:8]}-"))
     try:
-        return _execute(spec, plan, sc, ctx, logger, work, inputs, task_run_id)
+        return _execute(spec, plan, sc, ctx, logger, work, inputs, task_run_id, flow_run_id, publish)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, work: Path, inputs: dict,
-             task_run_id: str) -> dict:
+             task_run_id: str, flow_run_id: str | None, publish: bool) -> dict:
     started = datetime.now(UTC)
     src = work / "src"
     src.mkdir()
@@ -285,11 +313,13 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as err:
             raise StepFailedError(f"Step {spec.name!r} could not start {argv[0]!r}: {err}") from err
-        from prefect.context import FlowRunContext
+        if flow_run_id is None:
+            from prefect.context import FlowRunContext
 
-        flow_ctx = FlowRunContext.get()
+            flow_ctx = FlowRunContext.get()
+            flow_run_id = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None
         with _ACTIVE_LOCK:
-            _ACTIVE[proc] = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None
+            _ACTIVE[proc] = flow_run_id
         out = _script_logger(logger)
         readers = [
             threading.Thread(target=_stream, args=(proc.stdout, None, logfile, lock, out.info), daemon=True),
@@ -324,14 +354,19 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         "exit_code": code, "components": plan.get("components"), "source_files": plan.get("source_files"), "git": spec.git,
         "explanation": plan["explanation"],
     }
-    publish_metrics(spec.name, metrics)
+    if publish:
+        publish_metrics(spec.name, metrics)
     if code != 0:
         record.update(status="Failed", ended=datetime.now(UTC).isoformat(), outputs={})
         write_json(store, f"{rdir}/record.json", record)
         if code < 0 and -code in (signal.SIGTERM, signal.SIGKILL):
-            raise StepFailedError(f"Step {spec.name!r} was stopped by signal {-code}.")
-        stderr = "\n".join(tail) or "(no stderr output)"
-        raise StepFailedError(f"Step {spec.name!r} failed with exit code {code}. Last lines of stderr:\n{stderr}")
+            err = StepFailedError(f"Step {spec.name!r} was stopped by signal {-code}.")
+        else:
+            stderr = "\n".join(tail) or "(no stderr output)"
+            err = StepFailedError(f"Step {spec.name!r} failed with exit code {code}. Last lines of stderr:\n{stderr}")
+        if not publish:
+            err.metrics = metrics
+        raise err
     for name, out in plan["outputs"].items():
         _commit_output(sc.store(out["datastore"]), Path(local_outputs[name]), out["path"], out["manifest"],
                        plan["out_key"], task_run_id)
@@ -341,7 +376,7 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
     if spec.allow_reuse:
         write_json(store, f"{REUSE_PREFIX}/{plan['key']}.json", record)  # before Prefect's cache record
     return {"step": spec.name, "key": plan["key"], "out_key": plan["out_key"], "outputs": plan["outputs"],
-            "task_run_id": task_run_id, "pipeline_run_id": ctx["run_id"]}
+            "task_run_id": task_run_id, "pipeline_run_id": ctx["run_id"], **({} if publish else {"metrics": metrics})}
 
 
 @functools.cache
