@@ -182,7 +182,8 @@ class PipelineRun:
     def wait_for_completion(self, show_output: bool = True, timeout_seconds: float = sys.maxsize,
                             raise_on_error: bool = True) -> str:
         """Block until the run ends; prints step status changes and a final table when `show_output`."""
-        deadline = time.monotonic() + timeout_seconds
+        started = time.monotonic()
+        deadline = started + timeout_seconds
         seen: dict[str, str] = {}
         rank = {"NotStarted": 0, "Queued": 1, "Running": 2, "Canceling": 3}
         status = self.get_status()
@@ -199,7 +200,8 @@ class PipelineRun:
                     if seen.get(step.name) != st and rank.get(st, 9) >= rank.get(seen.get(step.name), -1):
                         seen[step.name] = st
                         print(f"  step {step.name}: {st}")
-            time.sleep(0.5)
+            # polled every 0.1 s at first, then less often: the end is noticed within 2% of the time waited
+            time.sleep(min(1.0, max(0.1, (time.monotonic() - started) / 50)))
             status = self.get_status()
         if show_output:
             print(f"PipelineRun Status: {status}")
