@@ -237,32 +237,41 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
     sc = StepContext(ctx)
     pipeline = load_spec(sc.default_store, spec_path)
     clusters = _DaskClusters(run_id)
+    # the graph artifact, the result storage (only reusable steps need it) and the Dask clusters' start
+    # run beside the plan; the first step waits only for what it uses
+    side = ThreadPoolExecutor(3)
+    graph = side.submit(contextvars.copy_context().run, create_markdown_artifact,
+                        f"```mermaid\n{pipeline.mermaid()}\n```", key="pipeline-graph",
+                        description="The pipeline's steps and the data between them")
+    storage = side.submit(contextvars.copy_context().run, AmlResultStorage.on, sc.default_store)
+    dask_ready = side.submit(contextvars.copy_context().run, clusters.start,
+                             [s.compute for s in pipeline.steps if (s.compute or {}).get("type") == "DaskCompute"])
+    side.shutdown(wait=False)
     try:
-        # two server round trips and the Dask clusters' start, while the plan reads the datastore
-        with ThreadPoolExecutor(3) as pool:
-            graph = pool.submit(contextvars.copy_context().run, create_markdown_artifact,
-                                f"```mermaid\n{pipeline.mermaid()}\n```", key="pipeline-graph",
-                                description="The pipeline's steps and the data between them")
-            storage_future = pool.submit(contextvars.copy_context().run, AmlResultStorage.on, sc.default_store)
-            dask_ready = pool.submit(contextvars.copy_context().run, clusters.start,
-                                     [s.compute for s in pipeline.steps if (s.compute or {}).get("type") == "DaskCompute"])
-            plans = plan_pipeline(pipeline, ctx, sc.store)
-            storage = storage_future.result()
-            graph.result()
-            dask_ready.result()
+        plans = plan_pipeline(pipeline, ctx, sc.store)
+        dask_ready.result()
     except BaseException:
         clusters.close()
         raise
     logger.info("Plan:\n" + "\n".join(f"  step {name}: {plan['explanation']}" for name, plan in plans.items()))
-    policy = StepCachePolicy().configure(
-        lock_manager=lock_manager_for(sc.default_store, ws.home, ws.redis_url), isolation_level="SERIALIZABLE")
 
-    # configured once per run (with_options costs ~20 ms); the task run is named after its step.
-    # Planned hits skip the lock: the plan has just seen their record (at worst a step runs twice).
-    reusable = run_step.with_options(name="aml-step", task_run_name="{step[name]}", cache_policy=policy,
-                                     result_storage=storage, refresh_cache=regenerate_outputs)
-    tasks = {"run": reusable, "hit": reusable.with_options(cache_policy=StepCachePolicy()),
-             "always": reusable.with_options(persist_result=False, cache_policy=NO_CACHE)}
+    # each kind configured once per run, when first needed (with_options costs ~5-20 ms); the task run
+    # is named after its step. Planned hits skip the lock: the plan has just seen their record (at
+    # worst a step runs twice).
+    tasks: dict[str, Any] = {}
+
+    def task_for(kind: str):
+        if kind not in tasks:
+            if kind == "always":
+                tasks[kind] = run_step.with_options(name="aml-step", task_run_name="{step[name]}",
+                                                    persist_result=False, cache_policy=NO_CACHE)
+            else:
+                policy = StepCachePolicy() if kind == "hit" else StepCachePolicy().configure(
+                    lock_manager=lock_manager_for(sc.default_store, ws.home, ws.redis_url),
+                    isolation_level="SERIALIZABLE")
+                tasks[kind] = run_step.with_options(name="aml-step", task_run_name="{step[name]}", cache_policy=policy,
+                                                    result_storage=storage.result(), refresh_cache=regenerate_outputs)
+        return tasks[kind]
 
     sorter = TopologicalSorter({s.name: s.upstream() for s in pipeline.steps})
     sorter.prepare()
@@ -307,7 +316,7 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                     skipped.append(name)
                     sorter.done(name)
                     continue
-                task = tasks["always" if not step.allow_reuse else "hit" if plans[name].get("will_reuse") else "run"]
+                task = task_for("always" if not step.allow_reuse else "hit" if plans[name].get("will_reuse") else "run")
                 if known:  # a hit resolved by the plan: a Cached task run at once, nothing dispatched
                     results[name] = _known_result(plans[name])
                     task_run_id = _record_hit(task, name, plans[name])
@@ -348,6 +357,10 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
             sorter.done(name)
     finally:
         clusters.close()
+    try:
+        graph.result()
+    except Exception as err:  # the graph is for people: a failure to show it does not fail the run
+        logger.warning(f"The pipeline graph artifact could not be created: {err}")
     if reused:
         write_json(sc.default_store, f"{RUNS_PREFIX}/{run_id}/{REUSED_FILE}", reused)
         for name, record in reused.items():
