@@ -104,6 +104,9 @@ def main() -> None:
                 order.reverse()
             for key, fn in order:
                 results[key].append(fn())
+        for k, vals in results.items():
+            print(f"{k:27} rounds (end to end / flow run): "
+                  + " ".join(f"{e:.2f}/{f:.2f}" for e, f in vals))
         summary = {k: {"end_to_end_s": statistics.median(v[0] for v in vals),
                        "flow_run_s": statistics.median(v[1] for v in vals)} for k, vals in results.items()}
         base = summary["hand-written Prefect flow"]
