@@ -167,8 +167,9 @@ def _stream(pipe, sink_lines: deque | None, logfile, lock, log) -> None:
 def run_step(step: dict, plan: dict, ctx: dict, upstream: dict[str, dict]) -> dict:
     """Run one pipeline step; returns its key and where its outputs are. Cached on the planned key.
 
-    A step on a work pool is sent there as a flow run (`flows/step.py`) and waited for; any other
-    step runs here (beside the pipeline flow, or on the Dask worker this task was sent to)."""
+    A step on a work pool is sent there as a flow run (`flows/step.py`) and waited for; a step on a
+    Dask compute sends its work to the cluster and waits for it (`flows/pipeline.py::run_on_dask`);
+    any other step runs here, beside the pipeline flow."""
     from prefect.context import get_run_context
 
     task_run_id = str(get_run_context().task_run.id)
