@@ -9,6 +9,7 @@
     run.wait_for_completion()
 """
 
+from prefect_aml import _tls
 from prefect_aml.blocks.datastores import (
     AzureBlobDatastore,
     AzureDataLakeGen2Datastore,
@@ -74,3 +75,5 @@ __all__ = [
     "PipelineEndpoint", "PipelineVersion", "PublishedPipeline", "PublishedPipelineDisabledError", "Schedule",
     "ScheduleException", "ScheduleRecurrence",
 ]
+
+_tls.share()  # Prefect's API clients share one TLS context per CA bundle (see _tls)

@@ -47,3 +47,45 @@ def test_prefect_api_url_wins(prefect_server, tmp):
     ws = Workspace(prefect_api_url="http://127.0.0.1:9/api")
     assert ws._activate() == prefect_server
     assert ws.api_url_or_default() == prefect_server
+
+
+def test_prefect_clients_share_one_tls_context_per_ca_bundle(prefect_server, tmp, monkeypatch):
+    """Prefect loads its CA bundle for every API client; with prefect-aml imported it is loaded once per
+    bundle (and again when the file changes), and every client gets that context."""
+    import shutil
+    import ssl
+
+    import certifi
+    from prefect.client.orchestration import get_client
+
+    import prefect_aml._tls as tls
+
+    built = []
+    real = ssl.create_default_context
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("cafile"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    monkeypatch.setattr(tls, "_CONTEXTS", {})
+    bundle = tmp / "ca.pem"
+    shutil.copy(certifi.where(), bundle)
+    monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", str(bundle))
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
+    try:
+        contexts = []
+        for _ in range(3):
+            with get_client(sync_client=True) as client:
+                client.hello()
+                contexts.append(client._client._transport._pool._ssl_context)
+        assert built == [str(bundle)] and contexts[0] is contexts[1] is contexts[2]
+        bundle.write_text(bundle.read_text() + "\n")  # a changed bundle is loaded again
+        with get_client(sync_client=True) as client:
+            assert client._client._transport._pool._ssl_context is not contexts[0]
+        assert built == [str(bundle)] * 2
+    finally:
+        monkeypatch.delenv("PREFECT_API_SSL_CERT_FILE")
+        refresh_global_settings_context()

@@ -71,8 +71,11 @@ def warm_up(dask: bool = False) -> None:
     import gc
     import importlib
 
+    from prefect_aml import _tls
+
     for name in WARM_MODULES + (DASK_MODULES if dask else ()):
         importlib.import_module(name)
+    _tls.warm()
     gc.freeze()  # the modules' objects live as long as the process: keep them out of every collection
 
 
