@@ -241,30 +241,37 @@ def _apply(batches: Iterator[pa.RecordBatch], row_ops: list, cols: list[str]) ->
             return
 
 
+def _delimited_files(dataset: pads.Dataset, needed: list[str], pushdown=None) -> Iterator[tuple]:
+    """Each file of a delimited dataset whose partition values can match `pushdown`: its format, its
+    fragment, its partition values and the needed columns that are in the file itself."""
+    for part in dataset.children if isinstance(dataset, pads.UnionDataset) else [dataset]:
+        for fragment in part.get_fragments(filter=pushdown):
+            keys = {c: v for c, v in pads.get_partition_keys(fragment.partition_expression).items() if c in needed}
+            yield part.format, fragment, keys, [c for c in needed if c not in keys]
+
+
+def _constant(schema: pa.Schema, column: str, value, rows: int) -> pa.Array:
+    """A partition (or Path) column of one file: its value on every row."""
+    return pa.repeat(pa.scalar(value, schema.field(column).type), rows)
+
+
 def _read_delimited(dataset: pads.Dataset, needed: list[str], pushdown) -> pa.Table:
     """Whole delimited files through pyarrow's multi-threaded CSV reader (a dataset scan of CSV is
     slower), one file at a time; files whose partition values cannot match are skipped."""
     import pyarrow.csv as pacsv
 
-    parts = dataset.children if isinstance(dataset, pads.UnionDataset) else [dataset]
     tables = []
-    for part in parts:
-        fmt = part.format
-        for fragment in part.get_fragments(filter=pushdown):
-            keys = pads.get_partition_keys(fragment.partition_expression)
-            own = [c for c in needed if c not in keys]
-            convert = fmt.default_fragment_scan_options.convert_options
-            types = {c: dataset.schema.field(c).type for c in own}
-            opts = pacsv.ConvertOptions(column_types=types, include_columns=own,
-                                        strings_can_be_null=convert.strings_can_be_null)
-            with fragment.filesystem.open_input_stream(fragment.path) as f:
-                table = pacsv.read_csv(f, read_options=fmt.default_fragment_scan_options.read_options,
-                                       parse_options=fmt.parse_options, convert_options=opts)
-            for c in needed:
-                if c in keys:
-                    table = table.append_column(dataset.schema.field(c), pa.repeat(
-                        pa.scalar(keys[c], dataset.schema.field(c).type), table.num_rows))
-            tables.append(table.select(needed))
+    for fmt, fragment, keys, own in _delimited_files(dataset, needed, pushdown):
+        convert = fmt.default_fragment_scan_options.convert_options
+        types = {c: dataset.schema.field(c).type for c in own}
+        opts = pacsv.ConvertOptions(column_types=types, include_columns=own,
+                                    strings_can_be_null=convert.strings_can_be_null)
+        with fragment.filesystem.open_input_stream(fragment.path) as f:
+            table = pacsv.read_csv(f, read_options=fmt.default_fragment_scan_options.read_options,
+                                   parse_options=fmt.parse_options, convert_options=opts)
+        for c in keys:
+            table = table.append_column(dataset.schema.field(c), _constant(dataset.schema, c, keys[c], table.num_rows))
+        tables.append(table.select(needed))
     schema = pa.schema([dataset.schema.field(c) for c in needed])
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     return table.filter(pushdown) if pushdown is not None else table
@@ -289,40 +296,35 @@ def read_pandas(dataset: pads.Dataset, ops: list):
     schema = dataset.schema
     dtypes = schema.empty_table().to_pandas().dtypes  # what the arrow path gives each column (no nulls)
     frames = []
-    parts = dataset.children if isinstance(dataset, pads.UnionDataset) else [dataset]
-    for part in parts:
-        fmt = part.format
+    for fmt, fragment, keys, own in _delimited_files(dataset, needed):
         read, convert = fmt.default_fragment_scan_options.read_options, fmt.default_fragment_scan_options.convert_options
         if (read.autogenerate_column_names or read.skip_rows or read.skip_rows_after_names
                 or read.encoding != "utf8" or not convert.strings_can_be_null):
             return None
-        for fragment in part.get_fragments():
-            keys = pads.get_partition_keys(fragment.partition_expression)
-            own = [c for c in needed if c not in keys]
-            kinds = {c: _pandas_kind(schema.field(c).type) for c in own}
-            if None in kinds.values() or any(not pa.types.is_large_string(schema.field(c).type) for c in keys):
+        kinds = {c: _pandas_kind(schema.field(c).type) for c in own}
+        if None in kinds.values() or any(not pa.types.is_large_string(schema.field(c).type) for c in keys):
+            return None
+        source = fragment.path if isinstance(fragment.filesystem, pa.fs.LocalFileSystem) else (
+            fragment.filesystem.open_input_stream(fragment.path))
+        try:
+            df = pd.read_csv(source, sep=fmt.parse_options.delimiter, header=None if read.column_names else 0,
+                             names=read.column_names or None, keep_default_na=False,
+                             na_values=list(convert.null_values),
+                             dtype={c: dtypes[c] for c in own if kinds[c] == "float"})
+        except (ValueError, TypeError, UnicodeError, pd.errors.ParserError):
+            return None
+        finally:
+            if not isinstance(source, str):
+                source.close()
+        if list(df.columns) != own:
+            return None
+        for c in own:  # integers as the arrow path gives them: int64, or float64 where a value is missing
+            if not (df[c].dtype == dtypes[c] or (kinds[c] == "int" and df[c].dtype == "float64"
+                                                 and df[c].isna().any())):
                 return None
-            source = fragment.path if isinstance(fragment.filesystem, pa.fs.LocalFileSystem) else (
-                fragment.filesystem.open_input_stream(fragment.path))
-            try:
-                df = pd.read_csv(source, sep=fmt.parse_options.delimiter, header=None if read.column_names else 0,
-                                 names=read.column_names or None, keep_default_na=False,
-                                 na_values=list(convert.null_values),
-                                 dtype={c: dtypes[c] for c in own if kinds[c] == "float"})
-            except (ValueError, TypeError, UnicodeError, pd.errors.ParserError):
-                return None
-            finally:
-                if not isinstance(source, str):
-                    source.close()
-            if list(df.columns) != own:
-                return None
-            for c in own:  # integers as the arrow path gives them: int64, or float64 where a value is missing
-                if not (df[c].dtype == dtypes[c] or (kinds[c] == "int" and df[c].dtype == "float64"
-                                                     and df[c].isna().any())):
-                    return None
-            for c in keys:
-                df[c] = pa.repeat(pa.scalar(keys[c], schema.field(c).type), len(df)).to_pandas()
-            frames.append(df[needed])
+        for c in keys:
+            df[c] = _constant(schema, c, keys[c], len(df)).to_pandas()
+        frames.append(df[needed])
     if not frames:
         return None
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)

@@ -198,10 +198,6 @@ def _dask_runner(compute: dict):
                           cluster_kwargs={**kwargs, "processes": False, "dashboard_address": None})
 
 
-def _on_dask(step) -> bool:
-    return (step.compute or {}).get("type") == "DaskCompute"
-
-
 def _was_cancelled(run_id: str) -> bool:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
@@ -279,8 +275,8 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
     failed: dict[str, str] = {}
     skipped: list[str] = []
     in_flight: dict[Any, str] = {}
-    held: dict[str, deque] = defaultdict(deque)  # ready steps waiting for a free slot on their Dask compute
-    on_dask: dict[str, int] = defaultdict(int)  # steps running on each Dask compute
+    held: dict[str, deque] = defaultdict(deque)  # per Dask compute: ready steps waiting for a free slot
+    on_dask: dict[str, str] = {}  # steps sent to a Dask compute -> its name
     recorded: set[str] = set()  # hits the plan resolved, recorded as Cached task runs without dispatch
     reused: dict[str, dict] = {}  # their records, written once at the end
 
@@ -332,27 +328,29 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                 # quoted: plain data without futures, so Prefect need not walk it (twice) per step
                 submit = (name, task, {"step": quote(step.model_dump()), "plan": quote(plan), "ctx": quote(ctx),
                                        "upstream": quote(upstream)})
-                if _on_dask(step) and not plans[name].get("will_reuse"):  # a hit is never sent to the cluster
-                    held[step.compute["name"]].append(submit)
+                if (step.compute or {}).get("type") == "DaskCompute" and not plans[name].get("will_reuse"):
+                    held[step.compute["name"]].append(submit)  # a hit is never sent to the cluster
                 else:
                     in_flight[task.submit(**submit[2])] = name
-            for compute_name, queue in held.items():
-                compute = pipeline.step(queue[0][0]).compute if queue else None
-                while queue and on_dask[compute_name] < clusters.capacity(compute):
-                    name, task, parameters = queue.popleft()
+            for queue in held.values():
+                while queue:
+                    name, task, parameters = queue[0]
+                    compute = pipeline.step(name).compute
+                    if sum(c == compute["name"] for c in on_dask.values()) >= clusters.capacity(compute):
+                        break
+                    queue.popleft()
                     if failed and not continue_on_step_failure:
                         logger.warning(f"Step {name!r} does not run: an earlier step failed")
                         skipped.append(name)
                         sorter.done(name)
                         continue
                     in_flight[task.submit(**parameters)] = name
-                    on_dask[compute_name] += 1
+                    on_dask[name] = compute["name"]
             if not in_flight:
                 continue
             future = next(as_completed(list(in_flight)))
             name = in_flight.pop(future)
-            if _on_dask(pipeline.step(name)) and not plans[name].get("will_reuse"):
-                on_dask[pipeline.step(name).compute["name"]] -= 1
+            on_dask.pop(name, None)
             settle(name, future)
             sorter.done(name)
     finally:
