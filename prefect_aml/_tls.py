@@ -4,7 +4,8 @@ Prefect 3.9 builds a new `ssl.SSLContext` from its CA bundle (certifi's, or
 `PREFECT_API_SSL_CERT_FILE`) every time an API client is created. Loading the bundle costs 35-130 ms
 of CPU on the project's machines, and a pipeline run creates clients often: the runner six times
 (its own reads, the flow engine, the cancel watcher, Prefect's log and event services), and every
-`PipelineRun.get_status()` one. `share()` hands Prefect's client module a view of `ssl` whose
+`PipelineRun.get_status()` one; a process's first server version check and each `wss://` events
+connection build one more. `share()` hands those modules of Prefect a view of `ssl` whose
 `create_default_context(cafile=...)` returns the context already built for that bundle (rebuilt
 when the file changes). Contexts built this way are only read after creation (httpx takes them as
 they are), so sharing one between clients is safe. Every other use of `ssl` is untouched.
@@ -44,10 +45,13 @@ class _SharedContexts(types.ModuleType):
 
 def share() -> None:
     """Make Prefect's API clients share their TLS contexts (idempotent)."""
+    import prefect._internal.version_checking as version_checking
+    import prefect._internal.websockets as websockets
     import prefect.client.orchestration as orchestration
 
-    if not isinstance(orchestration.ssl, _SharedContexts):
-        orchestration.ssl = _SharedContexts("ssl")
+    for module in (orchestration, version_checking, websockets):
+        if not isinstance(module.ssl, _SharedContexts):
+            module.ssl = _SharedContexts("ssl")
 
 
 def warm() -> None:

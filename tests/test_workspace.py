@@ -56,6 +56,7 @@ def test_prefect_clients_share_one_tls_context_per_ca_bundle(prefect_server, tmp
     import ssl
 
     import certifi
+    import prefect
     from prefect.client.orchestration import get_client
 
     import prefect_aml._tls as tls
@@ -82,6 +83,16 @@ def test_prefect_clients_share_one_tls_context_per_ca_bundle(prefect_server, tmp
                 client.hello()
                 contexts.append(client._client._transport._pool._ssl_context)
         assert built == [str(bundle)] and contexts[0] is contexts[1] is contexts[2]
+        # a process's first server version check (each events client makes one) takes the same context
+        import asyncio
+        import logging
+
+        from prefect._internal import version_checking
+
+        version_checking._clear_api_version_check_cache()
+        asyncio.run(version_checking.check_server_version(prefect_server, logging.getLogger("test")))
+        assert version_checking._is_api_version_check_cached((prefect_server, prefect.__version__))
+        assert built == [str(bundle)]
         bundle.write_text(bundle.read_text() + "\n")  # a changed bundle is loaded again
         with get_client(sync_client=True) as client:
             assert client._client._transport._pool._ssl_context is not contexts[0]
