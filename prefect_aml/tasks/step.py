@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -151,16 +152,36 @@ def artifact_key(prefix: str, name: str) -> str:
     return (prefix + "-" + "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-"))[:60]
 
 
-def _stream(pipe, sink_lines: deque | None, logfile, lock, log) -> None:
-    for raw in iter(pipe.readline, b""):
-        line = raw.decode(errors="replace").rstrip("\n")
-        with lock:
-            logfile.write(line + "\n")
-            logfile.flush()
-        if sink_lines is not None:
-            sink_lines.append(line)
-        log(line)
-    pipe.close()
+def _pump(proc: subprocess.Popen, logfile, tail: deque, out) -> None:
+    """Copy a script's stdout and stderr, line by line as they come, to its log file and its task run's logs
+    (stderr's last lines also to `tail`), until both close. In the calling thread: two reader threads per
+    step cost a few milliseconds of start-up and hand-offs in a process that runs many steps."""
+    sel = selectors.DefaultSelector()
+    partial: dict[int, bytes] = {}
+    for pipe, log, sink in ((proc.stdout, out.info, None), (proc.stderr, out.warning, tail)):
+        sel.register(pipe.fileno(), selectors.EVENT_READ, (log, sink))
+        partial[pipe.fileno()] = b""
+    try:
+        while sel.get_map():
+            for key, _ in sel.select():
+                chunk = os.read(key.fd, 1 << 16)
+                if chunk:
+                    *lines, partial[key.fd] = (partial[key.fd] + chunk).split(b"\n")
+                else:  # closed: what is left is the last line
+                    sel.unregister(key.fd)
+                    lines = [partial[key.fd]] if partial[key.fd] else []
+                log, sink = key.data
+                for raw in lines:
+                    line = raw.decode(errors="replace")
+                    logfile.write(line + "\n")
+                    if sink is not None:
+                        sink.append(line)
+                    log(line)
+                logfile.flush()
+    finally:
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 @task(persist_result=True, result_serializer="json")
@@ -307,7 +328,6 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
             argv[0] = python
     log_path = ctx_dir / "std_log.txt"
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    lock = threading.Lock()
     with open(log_path, "w") as logfile:
         try:
             proc = subprocess.Popen(argv, cwd=src, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -321,20 +341,12 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
             flow_run_id = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None
         with _ACTIVE_LOCK:
             _ACTIVE[proc] = flow_run_id
-        out = _script_logger(logger)
-        readers = [
-            threading.Thread(target=_stream, args=(proc.stdout, None, logfile, lock, out.info), daemon=True),
-            threading.Thread(target=_stream, args=(proc.stderr, tail, logfile, lock, out.warning), daemon=True),
-        ]
-        for t in readers:
-            t.start()
         try:
+            _pump(proc, logfile, tail, _script_logger(logger))
             code = proc.wait()
         except BaseException:  # this process is being stopped (a cancelled run on a worker): stop the script too
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-        for t in readers:
-            t.join()
         with _ACTIVE_LOCK:
             _ACTIVE.pop(proc, None)
     metrics = _collect_metrics(ctx_dir / "metrics.jsonl")
