@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from contextlib import nullcontext
 from uuid import UUID
 
 
@@ -55,7 +56,7 @@ def watch_for_cancel(flow_run_id: UUID, done: threading.Event, in_thread: bool =
 # what a pipeline run imports on its way; imported before the run starts (as a worker loads a flow
 # before running it), so a fresh runner's first steps do not pay for them inside the run
 WARM_MODULES = (
-    "anyio._backends._asyncio", "zipfile", "prefect.task_engine", "prefect.utilities.visualization",
+    "anyio._backends._asyncio", "zipfile", "prefect.flow_engine", "prefect.task_engine", "prefect.utilities.visualization",
     "prefect.concurrency.sync", "prefect.locking.filesystem", "prefect.artifacts",
     "prefect_aml.flows.submit", "prefect_aml.tasks.step", "prefect_aml.tasks.snapshots", "prefect_aml.tasks.locks",
     "prefect_aml._transfer", "prefect_aml._azureml", "prefect_aml._embedded", "encodings.cp437",
@@ -79,14 +80,41 @@ def warm_up(dask: bool = False) -> None:
     gc.freeze()  # the modules' objects live as long as the process: keep them out of every collection
 
 
+def _start_services() -> None:
+    """What a run's first state change and log line would otherwise wait for.
+
+    Prefect's event and log services (a websocket and a client each) start now, while the run is read
+    and set up, not when it emits its first event. This process's console is a log file (the runner's
+    log): its lines are written as plain text, not through rich's console renderer (~1-2 ms of CPU
+    per line, as much as Prefect spends on a task run)."""
+    import logging
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
+
+    EventsWorker.instance()
+    APILogWorker.instance()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, PrefectConsoleHandler):
+            plain = logging.StreamHandler(handler.stream)
+            plain.setLevel(handler.level)
+            plain.setFormatter(handler.formatter)
+            for f in handler.filters:
+                plain.addFilter(f)
+            root.removeHandler(handler)
+            root.addHandler(plain)
+
+
 def main(flow_run_id: str) -> int:
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
 
     from prefect_aml.deployments.published import flow_for_run
-    from prefect_aml.flows.pipeline import aml_pipeline
+    from prefect_aml.flows.pipeline import aml_pipeline, prepared
 
     warm_up()
+    _start_services()
     run_id = UUID(flow_run_id)
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run_id)
@@ -94,7 +122,8 @@ def main(flow_run_id: str) -> int:
     done = threading.Event()
     threading.Thread(target=watch_for_cancel, args=(run_id, done), daemon=True).start()
     try:
-        state = run_flow(fn, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+        with prepared(flow_run) if fn is aml_pipeline else nullcontext():
+            state = run_flow(fn, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
     finally:
         done.set()
     return 0 if state.is_completed() else 1

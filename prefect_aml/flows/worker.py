@@ -64,16 +64,19 @@ class AmlProcessWorker(ProcessWorker):
 
     def _run_warm(self, fn, flow_run) -> int:
         import threading
+        from contextlib import nullcontext
 
         from prefect.flow_engine import run_flow
 
+        from prefect_aml.flows.pipeline import aml_pipeline, prepared
         from prefect_aml.flows.runner import watch_for_cancel
 
         done = threading.Event()
         if fn.name != "aml-step":  # the step flow watches for its own cancellation
             threading.Thread(target=watch_for_cancel, args=(flow_run.id, done, True), daemon=True).start()
         try:
-            state = run_flow(fn, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+            with prepared(flow_run) if fn is aml_pipeline else nullcontext():
+                state = run_flow(fn, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
         finally:
             done.set()
         # a failed run is a finished run (its state says why); a non-zero code would mark it Crashed
