@@ -14,6 +14,7 @@ import tempfile
 import threading
 import warnings
 import zipfile
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -178,13 +179,64 @@ def ensure_snapshot(store, src: str | os.PathLike, cache_dir: str | os.PathLike 
     return sid, hashes
 
 
+# small snapshots' files, kept in memory once read: a run restores the same snapshot for every step, and
+# writing its files from memory costs a quarter of extracting the archive again (~0.3 ms against 1.2 ms
+# for 20 small files)
+MEMORY_SNAPSHOT_BYTES = 8 << 20  # a snapshot up to this size (its files, uncompressed) is kept
+MEMORY_TOTAL_BYTES = 64 << 20  # at most this much for all of them in one process; the oldest go first
+_MEMBERS: OrderedDict[str, list[tuple[str, bytes]]] = OrderedDict()
+_MEMBERS_LOCK = threading.Lock()
+
+
+def _members(archive: Path, sid: str) -> list[tuple[str, bytes]] | None:
+    """Snapshot `sid`'s files as (relative path, content), when it is small enough to keep in memory."""
+    with _MEMBERS_LOCK:
+        if sid in _MEMBERS:
+            _MEMBERS.move_to_end(sid)
+            return _MEMBERS[sid]
+    with zipfile.ZipFile(archive) as z:
+        infos = [i for i in z.infolist() if not i.is_dir()]
+        if sum(i.file_size for i in infos) > MEMORY_SNAPSHOT_BYTES:
+            return None
+        for i in infos:  # only plain relative names; anything else is left to extractall's sanitising
+            parts = i.filename.split("/")
+            if i.filename.startswith("/") or "\\" in i.filename or any(p in ("", ".", "..") for p in parts):
+                return None
+        members = [(i.filename, z.read(i)) for i in infos]
+    with _MEMBERS_LOCK:
+        _MEMBERS[sid] = members
+        total = sum(len(d) for m in _MEMBERS.values() for _, d in m)
+        while total > MEMORY_TOTAL_BYTES and len(_MEMBERS) > 1:
+            _, dropped = _MEMBERS.popitem(last=False)
+            total -= sum(len(d) for _, d in dropped)
+    return members
+
+
 def restore_snapshot(store, sid: str, dest: str | os.PathLike, cache_dir: str | os.PathLike) -> None:
-    """Extract snapshot `sid` into `dest` (the archive is cached locally, once per hash)."""
+    """Write snapshot `sid`'s files into `dest` (the archive is cached locally, once per hash)."""
     cache = Path(cache_dir) / f"{sid}.zip"
     if not cache.exists():
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")  # steps restore it at once
         store.filesystem().get(store.full_path(f"{SNAPSHOT_PREFIX}/{sid}.zip"), str(tmp))
         os.replace(tmp, cache)
-    with zipfile.ZipFile(cache) as z:
-        z.extractall(dest)
+    members = _members(cache, sid)
+    if members is None:
+        with zipfile.ZipFile(cache) as z:
+            z.extractall(dest)
+        return
+    dest = os.fspath(dest)
+    made: set[str] = set()
+    for rel, data in members:
+        path = os.path.join(dest, rel)
+        parent = os.path.dirname(path)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
