@@ -151,7 +151,8 @@ def _put(store: DatastoreBlock, lpaths: list[str], rels: list[str], overwrite: b
         fs.put(lpaths, rpaths, callback=cb, **store._transfer_kwargs("put"))
     finally:
         cb.close()
-    _say(f"Uploaded {len(lpaths)} file(s) to datastore {store.name!r}.")
+    if show_progress:
+        _say(f"Uploaded {len(lpaths)} file(s) to datastore {store.name!r}.")
 
 
 def download(store: DatastoreBlock, target_path, prefix=None, overwrite=False, show_progress=True) -> int:
@@ -195,5 +196,6 @@ def download(store: DatastoreBlock, target_path, prefix=None, overwrite=False, s
         fs.get(rpaths, lpaths, callback=cb, **store._transfer_kwargs("get"))
     finally:
         cb.close()
-    _say(f"Downloaded {len(rpaths)} file(s) from datastore {store.name!r}.")
+    if show_progress:
+        _say(f"Downloaded {len(rpaths)} file(s) from datastore {store.name!r}.")
     return len(rpaths)

@@ -126,9 +126,11 @@ class PipelineRun:
         return f"PipelineRun(experiment={self.experiment.name!r}, id={self.id!r}, status={self.get_status()!r})"
 
     # -- Prefect state
-    def _refresh(self):
-        with _client() as client:
-            self._flow_run = client.read_flow_run(UUID(self.id))
+    def _refresh(self, client=None):
+        if client is None:
+            with _client() as client:
+                return self._refresh(client)
+        self._flow_run = client.read_flow_run(UUID(self.id))
         return self._flow_run
 
     @property
@@ -189,20 +191,21 @@ class PipelineRun:
         status = self.get_status()
         if show_output:
             print(f"PipelineRunId: {self.id}\nLink to the Prefect UI: {self.get_portal_url()}")
-        while status not in TERMINAL:
-            if time.monotonic() > deadline:
+        with _client() as client:  # one connection for all the polls
+            while status not in TERMINAL:
+                if time.monotonic() > deadline:
+                    if show_output:
+                        print(f"Timed out after {timeout_seconds} s; the run is still {status}.")
+                    return status
                 if show_output:
-                    print(f"Timed out after {timeout_seconds} s; the run is still {status}.")
-                return status
-            if show_output:
-                for step in self.get_steps():
-                    st = step.get_status()
-                    if seen.get(step.name) != st and rank.get(st, 9) >= rank.get(seen.get(step.name), -1):
-                        seen[step.name] = st
-                        print(f"  step {step.name}: {st}")
-            # polled every 0.1 s at first, then less often: the end is noticed within 2% of the time waited
-            time.sleep(min(1.0, max(0.1, (time.monotonic() - started) / 50)))
-            status = self.get_status()
+                    for step in self.get_steps():
+                        st = step.get_status()
+                        if seen.get(step.name) != st and rank.get(st, 9) >= rank.get(seen.get(step.name), -1):
+                            seen[step.name] = st
+                            print(f"  step {step.name}: {st}")
+                # polled every 0.1 s at first, then less often: the end is noticed within 2% of the time waited
+                time.sleep(min(1.0, max(0.1, (time.monotonic() - started) / 50)))
+                status = _status(self._refresh(client).state)
         if show_output:
             print(f"PipelineRun Status: {status}")
             self._print_table()

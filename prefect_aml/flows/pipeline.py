@@ -237,7 +237,7 @@ def _graph_artifact(spec, run_id: str) -> None:
 
 class _Start:
     """What a run needs before its first step, fetched in threads (each a server or datastore round trip):
-    its spec from the default datastore, the result storage (only reusable steps use it) and the graph
+    its spec from the default datastore, the result storage (only when a step may be reused) and the graph
     artifact (the first step waits for none of it)."""
 
     def __init__(self, run_id: str, params: dict):
@@ -247,7 +247,8 @@ class _Start:
         sc = StepContext(self.ctx)
         pool = ThreadPoolExecutor(3)
         self.spec = pool.submit(contextvars.copy_context().run, lambda: load_spec(sc.default_store, params["spec_path"]))
-        self.storage = pool.submit(contextvars.copy_context().run, lambda: AmlResultStorage.on(sc.default_store))
+        self.storage = pool.submit(contextvars.copy_context().run, lambda: AmlResultStorage.on(sc.default_store)
+                                   if any(s.allow_reuse for s in self.spec.result().steps) else None)
         self.graph = pool.submit(contextvars.copy_context().run, _graph_artifact, self.spec, run_id)
         pool.shutdown(wait=False)
 
