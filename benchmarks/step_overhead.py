@@ -2,8 +2,10 @@
 Prefect flow running the same scripts as tasks, and as plain subprocesses (the floor), in one run.
 
 Starts a Prefect server on PostgreSQL (127.0.0.1:5432). Reports medians over --repeat rounds:
-end to end (submit to completion; the hand-written flow is called in-process) and the flow run's
-own duration as the server recorded it.
+end to end (submit to completion; the hand-written flow is called in-process), the flow run's
+own duration as the server recorded it, and the CPU time the whole machine spent on it (server,
+database, runner and scripts; Linux). Ratios are the median of each round's ratio against the
+hand-written flow of the same round.
 
     python benchmarks/step_overhead.py [--steps 20] [--repeat 3] [--json out.json]
 """
@@ -25,7 +27,18 @@ sys.path.insert(0, str(ROOT))
 
 from tests.services import PrefectServer  # noqa: E402
 
+SETTLE_S = 1.5  # idle time before each measurement
 PG_URL = os.environ.get("PREFECT_AML_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def machine_cpu_s() -> float | None:
+    """CPU seconds the whole machine has spent (all processes: server, database, runner, scripts)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    except OSError:
+        return None
+    busy = sum(int(v) for i, v in enumerate(fields) if i != 3 and i != 4)  # not idle, not iowait
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def flow_duration(run_id) -> float:
@@ -103,23 +116,37 @@ def main() -> None:
             if i % 2:
                 order.reverse()
             for key, fn in order:
-                results[key].append(fn())
+                time.sleep(SETTLE_S)  # the server finishes the previous run's events and logs first
+                cpu = machine_cpu_s()
+                end_to_end, flow_run = fn()
+                time.sleep(SETTLE_S)  # what the run left to the server (events, logs) is counted too
+                results[key].append((end_to_end, flow_run, None if cpu is None else machine_cpu_s() - cpu))
         for k, vals in results.items():
-            print(f"{k:27} rounds (end to end / flow run): "
-                  + " ".join(f"{e:.2f}/{f:.2f}" for e, f in vals))
-        summary = {k: {"end_to_end_s": statistics.median(v[0] for v in vals),
-                       "flow_run_s": statistics.median(v[1] for v in vals)} for k, vals in results.items()}
-        base = summary["hand-written Prefect flow"]
-        for k, v in summary.items():
-            v["ratio_end_to_end"] = v["end_to_end_s"] / base["end_to_end_s"]
-            v["ratio_flow_run"] = v["flow_run_s"] / base["flow_run_s"]
+            print(f"{k:27} rounds (end to end / flow run / machine CPU): "
+                  + " ".join(f"{e:.2f}/{f:.2f}/{c or 0:.2f}" for e, f, c in vals))
+        base_rounds = results["hand-written Prefect flow"]
+        summary = {}
+        for k, vals in results.items():
+            v = summary[k] = {"end_to_end_s": statistics.median(r[0] for r in vals),
+                              "flow_run_s": statistics.median(r[1] for r in vals),
+                              "machine_cpu_s": statistics.median(r[2] or 0 for r in vals)}
+            # side by side: each round's ratio against the hand-written flow of the same round (the machine
+            # drifts between rounds), then the median of those
+            for i, name in enumerate(("end_to_end", "flow_run", "machine_cpu")):
+                v[f"ratio_{name}"] = statistics.median(r[i] / b[i] if b[i] else 0 for r, b in zip(vals, base_rounds, strict=True))
             v["per_step_ms"] = 1000 * v["flow_run_s"] / args.steps
             print(f"{k:27} end-to-end {v['end_to_end_s']:6.2f} s (x{v['ratio_end_to_end']:.2f})   flow run "
-                  f"{v['flow_run_s']:6.2f} s (x{v['ratio_flow_run']:.2f})   {v['per_step_ms']:6.1f} ms/step")
+                  f"{v['flow_run_s']:6.2f} s (x{v['ratio_flow_run']:.2f})   {v['per_step_ms']:6.1f} ms/step   "
+                  f"machine CPU {v['machine_cpu_s']:5.2f} s (x{v['ratio_machine_cpu']:.2f})")
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=2))
     finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
         from prefect_aml.flows import forkserver
+        for service in (APILogWorker, EventsWorker):  # this process's last logs and events, while the server is up
+            service.drain_all(timeout=10)
         forkserver.stop()  # the warm runner this benchmark's submits started
         server.stop()
 

@@ -101,13 +101,17 @@ class Experiment:
         return sorted({t[len(EXPERIMENT_TAG):] for r in runs for t in r.tags if t.startswith(EXPERIMENT_TAG)})
 
 
+RUNNER_CHECK_S = 5.0  # while a runner started here runs, how often waiting for it asks the server anyway
+
+
 class PipelineRun:
     """One run of a pipeline: a Prefect flow run."""
 
-    def __init__(self, experiment: Experiment, run_id: str, _flow_run=None, **_kw):
+    def __init__(self, experiment: Experiment, run_id: str, _flow_run=None, _runner=None, **_kw):
         self.experiment = experiment
         self.id = self.run_id = str(run_id)
         self._flow_run = _flow_run
+        self._runner = _runner  # the runner process, when this process started it (flows/submit.py::LocalRunner)
 
     @staticmethod
     def get(workspace, run_id: str) -> PipelineRun:
@@ -191,9 +195,12 @@ class PipelineRun:
         status = self.get_status()
         if show_output:
             print(f"PipelineRunId: {self.id}\nLink to the Prefect UI: {self.get_portal_url()}")
-        with _client() as client:  # one connection for all the polls
+        runner = self._runner
+        asked = time.monotonic()
+        with _client() as client:  # one connection for all the questions
             while status not in TERMINAL:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     if show_output:
                         print(f"Timed out after {timeout_seconds} s; the run is still {status}.")
                     return status
@@ -203,8 +210,17 @@ class PipelineRun:
                         if seen.get(step.name) != st and rank.get(st, 9) >= rank.get(seen.get(step.name), -1):
                             seen[step.name] = st
                             print(f"  step {step.name}: {st}")
-                # polled every 0.1 s at first, then less often: the end is noticed within 2% of the time waited
-                time.sleep(min(1.0, max(0.1, (time.monotonic() - started) / 50)))
+                # the server is asked every 0.1 s at first, then less often: the end is noticed within 2% of the
+                # time waited. A runner started here says itself when it has ended: then the server is asked
+                # at that moment, and otherwise only every RUNNER_CHECK_S (a run can also end without it).
+                pause = min(1.0, max(0.1, (now - started) / 50))
+                if runner is None:
+                    time.sleep(pause)
+                elif runner.wait(min(pause if show_output else RUNNER_CHECK_S, deadline - now)):
+                    runner = None  # it has ended: what the server says now is final (or it died: keep asking)
+                elif time.monotonic() - asked < RUNNER_CHECK_S:
+                    continue
+                asked = time.monotonic()
                 status = _status(self._refresh(client).state)
         if show_output:
             print(f"PipelineRun Status: {status}")

@@ -321,6 +321,63 @@ def test_runs_fork_from_the_warm_runner_with_the_submitters_environment(ws, src,
     assert plain[1] != str(warm) and plain[2] == "plain"
 
 
+@pytest.mark.parametrize("warm", [True, False], ids=["warm-runner", "plain-runner"])
+def test_waiting_asks_the_server_when_the_runner_says_the_run_ended(ws, src, monkeypatch, warm):
+    """A run started here is waited for on its runner: the server is asked at the start and at the end, not
+    every 0.1 s; a runner that can no longer tell leaves the waiter asking the server as before."""
+    if warm:
+        _exp(ws).submit(Pipeline(ws, [PythonScriptStep("ok.py", source_directory=src, allow_reuse=False)]))
+        _wait_for_warm_runner()
+    else:
+        monkeypatch.setenv("PREFECT_AML_FORKSERVER", "0")
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from prefect_aml.runs import RUNNER_CHECK_S
+
+    asked = []  # the flow run read from the server by this process
+    read = SyncPrefectClient.read_flow_run
+    monkeypatch.setattr(SyncPrefectClient, "read_flow_run", lambda self, *a, **k: asked.append(1) or read(self, *a, **k))
+    step = PythonScriptStep("sleepy.py", source_directory=src, allow_reuse=False,
+                            arguments=["--out", OutputFileDatasetConfig("t"), "--seconds", "2"])
+
+    def wait(run) -> int:
+        asked.clear()
+        started = time.monotonic()
+        assert run.wait_for_completion(show_output=False, timeout_seconds=120) == "Finished"
+        expected = 2 + int((time.monotonic() - started) / RUNNER_CHECK_S)  # the first, the last, the checks
+        return len(asked) - expected
+
+    run = _exp(ws).submit(Pipeline(ws, [step]))
+    assert run._runner is not None
+    assert wait(run) <= 0
+    assert run.get_steps()[0].get_status() == "Finished"
+
+    run = _exp(ws).submit(Pipeline(ws, [step]))
+    run._runner.close()  # e.g. too many runs waited on at once: this one asks the server
+    assert wait(run) > 5  # asked every 0.1 s at first
+
+
+def test_local_runner_connections_are_bounded(monkeypatch):
+    """Runs submitted and not yet waited for keep a connection each, up to MAX_OPEN: the oldest then ask the server."""
+    import socket
+
+    from prefect_aml.flows.submit import LocalRunner
+
+    monkeypatch.setattr(LocalRunner, "MAX_OPEN", 2)
+    monkeypatch.setattr(LocalRunner, "_open", __import__("collections").deque())
+    pairs = [socket.socketpair() for _ in range(3)]
+    runners = [LocalRunner(sock=a) for a, _ in pairs]
+    assert runners[0].wait(0) is True  # closed to stay within the bound: "ask the server"
+    assert runners[1].wait(0) is False and runners[2].wait(0) is False
+    pairs[1][1].sendall(b'{"ended": 0}\n')  # the runner's line at the end of its run
+    pairs[2][1].close()  # or the runner exited
+    assert runners[1].wait(5) is True and runners[2].wait(5) is True
+    assert not LocalRunner._open
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
 def test_warm_runner_address_is_one_per_environment_and_code(tmp):
     """The same interpreter reached by another path finds the same warm runner; other logging settings do not."""
     import os

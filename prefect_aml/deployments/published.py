@@ -313,7 +313,8 @@ def flow_for_run(flow_run):
 
 def start_run(workspace: Workspace, deployment_id: str, record: PublishedPipelineRecord, experiment_name: str,
               values: dict[str, Any], tags: dict | None = None, extra_tags: list[str] = ()):
-    """Create a run of a published deployment; with no online worker on its pool, run it here in the background."""
+    """Create a run of a published deployment; with no online worker on its pool, run it here in the background.
+    Returns the flow run and the runner started here (None when a worker runs it)."""
     from prefect.client.schemas.objects import WorkerStatus
 
     from prefect_aml.flows.submit import _start_runner
@@ -328,9 +329,7 @@ def start_run(workspace: Workspace, deployment_id: str, record: PublishedPipelin
             uuid.UUID(deployment_id), parameters=params, tags=[EXPERIMENT_TAG + experiment_name, *extra_tags,
                                                                *user_tags])
         online = any(w.status == WorkerStatus.ONLINE for w in client.read_workers_for_work_pool(record.work_pool))
-    if not online:
-        _start_runner(workspace, str(flow_run.id))
-    return flow_run
+    return flow_run, None if online else _start_runner(workspace, str(flow_run.id))
 
 
 class PublishedPipeline:
@@ -419,9 +418,9 @@ class PublishedPipeline:
         if record.status != "Active":
             raise PublishedPipelineDisabledError(_disabled_message(record))
         values = resolve_values(record, pipeline_parameters)
-        flow_run = start_run(workspace, _deployment_id or record.deployment_id, record, experiment_name, values,
-                             tags, _extra_tags)
-        return PipelineRun(experiment, str(flow_run.id), _flow_run=flow_run)
+        flow_run, runner = start_run(workspace, _deployment_id or record.deployment_id, record, experiment_name,
+                                     values, tags, _extra_tags)
+        return PipelineRun(experiment, str(flow_run.id), _flow_run=flow_run, _runner=runner)
 
     def _set_status(self, status: str) -> None:
         record = self._refresh()

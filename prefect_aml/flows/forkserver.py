@@ -55,8 +55,8 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _request(addr: str, message: dict, timeout: float = 10.0) -> dict | None:
-    """Send one request; None when no server answers at `addr` (nothing was asked of it then)."""
+def _send(addr: str, message: dict, timeout: float) -> socket.socket | None:
+    """Connect and send one request; None when no server answers at `addr` (nothing was asked of it then)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -65,29 +65,50 @@ def _request(addr: str, message: dict, timeout: float = 10.0) -> dict | None:
     except OSError:
         s.close()
         return None
-    with s:
-        try:
-            line = s.makefile("rb").readline()
-        except OSError:
-            line = b""
+    return s
+
+
+def _reply(s: socket.socket) -> dict:
+    """The server's one-line answer, read up to its end and no further ({} when it closed without one)."""
+    line = b""
+    try:
+        while not line.endswith(b"\n"):
+            byte = s.recv(1)
+            if not byte:
+                break
+            line += byte
+    except OSError:
+        pass
     return json.loads(line) if line.strip() else {}
 
 
-def start_run(flow_run_id: str, log_path: str | os.PathLike) -> bool:
-    """Hand a flow run to the warm runner. False when none is serving (one is started for later runs)."""
+def _request(addr: str, message: dict, timeout: float = 10.0) -> dict | None:
+    """Send one request and read its answer; None when no server answers at `addr`."""
+    s = _send(addr, message, timeout)
+    if s is None:
+        return None
+    with s:
+        return _reply(s)
+
+
+def start_run(flow_run_id: str, log_path: str | os.PathLike) -> socket.socket | None:
+    """Hand a flow run to the warm runner. The connection is returned open: the runner writes a line on it
+    when the run has ended, and it closes when the runner exits. None when no warm runner is serving
+    (one is started for later runs)."""
     if not enabled():
-        return False
+        return None
     addr = address()
-    reply = _request(addr, {"flow_run_id": flow_run_id, "env": dict(os.environ), "cwd": os.getcwd(),
-                            "log": str(log_path)})
-    if reply is None:
+    s = _send(addr, {"flow_run_id": flow_run_id, "env": dict(os.environ), "cwd": os.getcwd(),
+                     "log": str(log_path)}, 10.0)
+    if s is None:
         import subprocess
 
         subprocess.Popen([sys.executable, "-m", "prefect_aml.flows.forkserver", addr.lstrip("\0")],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True, cwd="/")
-        return False
-    return True  # the request was read whole: the server forks a runner for it
+        return None
+    _reply(s)  # the runner's pid: the request was read whole and a runner forked for it
+    return s
 
 
 def serving() -> int | None:
@@ -101,8 +122,8 @@ def stop() -> bool:
     return enabled() and _request(address(), {"stop": True}, timeout=5.0) is not None
 
 
-def _child(request: dict) -> None:
-    """In the forked child: become the runner of one flow run, then exit."""
+def _child(request: dict, conn: socket.socket) -> None:
+    """In the forked child: become the runner of one flow run, say on `conn` that it has ended, exit."""
     code = 1
     try:
         os.setsid()
@@ -131,6 +152,9 @@ def _child(request: dict) -> None:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
+            conn.sendall(json.dumps({"ended": code}).encode() + b"\n")  # the submitter may wait on it
+        except OSError:  # the submitter is gone
+            pass
         finally:
             os._exit(code)
 
@@ -173,7 +197,7 @@ def serve(addr: str) -> int:
             pid = os.fork()
             if pid == 0:
                 server.close()
-                _child(request)
+                _child(request, conn)
             try:
                 conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
             except OSError:
