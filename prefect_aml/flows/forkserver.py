@@ -143,7 +143,7 @@ def _child(request: dict, conn: socket.socket) -> None:
         refresh_global_settings_context()
         from prefect_aml.flows import runner
 
-        code = runner.main(request["flow_run_id"])
+        code = runner.main(request["flow_run_id"], on_end=functools.partial(_tell_ended, conn))
     except BaseException:  # noqa: BLE001 - whatever happens, this process must not return into the server loop
         import traceback
 
@@ -152,11 +152,20 @@ def _child(request: dict, conn: socket.socket) -> None:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-            conn.sendall(json.dumps({"ended": code}).encode() + b"\n")  # the submitter may wait on it
-        except OSError:  # the submitter is gone
-            pass
         finally:
+            _tell_ended(conn)  # if the run ended otherwise (its final state never recorded here)
             os._exit(code)
+
+
+def _tell_ended(conn: socket.socket) -> None:
+    """Say on the submitter's connection that the run has ended (once): waiting for it then asks the server."""
+    if conn.fileno() < 0:
+        return
+    try:
+        conn.sendall(b'{"ended": true}\n')
+    except OSError:  # the submitter is gone
+        pass
+    conn.close()
 
 
 def serve(addr: str) -> int:

@@ -106,7 +106,22 @@ def _start_services() -> None:
             root.addHandler(plain)
 
 
-def main(flow_run_id: str) -> int:
+def _with_end_hook(fn, on_end):
+    """`fn` with `on_end` called once its run's final state is recorded (before Prefect's engine winds down,
+    which can take another second: the heartbeat thread is joined)."""
+    import copy
+
+    def tell_submitter(flow, flow_run, state) -> None:
+        on_end()
+
+    fn = copy.copy(fn)
+    for hooks in ("on_completion_hooks", "on_failure_hooks", "on_crashed_hooks"):
+        setattr(fn, hooks, [*(getattr(fn, hooks, None) or []), tell_submitter])
+    return fn
+
+
+def main(flow_run_id: str, on_end=None) -> int:
+    """Run flow run `flow_run_id` here; `on_end()` is called when its final state is recorded."""
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
 
@@ -123,7 +138,8 @@ def main(flow_run_id: str) -> int:
     threading.Thread(target=watch_for_cancel, args=(run_id, done), daemon=True).start()
     try:
         with prepared(flow_run) if fn is aml_pipeline else nullcontext():
-            state = run_flow(fn, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+            state = run_flow(fn if on_end is None else _with_end_hook(fn, on_end), flow_run=flow_run,
+                             parameters=flow_run.parameters, return_type="state")
     finally:
         done.set()
     return 0 if state.is_completed() else 1
