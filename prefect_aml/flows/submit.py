@@ -200,10 +200,14 @@ class LocalRunner:
                 return False
             self._proc = None
             return True
-        if self._sock is None:
+        sock = self._sock
+        if sock is None:
             return True
-        if not select.select([self._sock], [], [], max(timeout, 0))[0]:
-            return False
+        try:
+            if not select.select([sock], [], [], max(timeout, 0))[0]:
+                return False
+        except (OSError, ValueError):  # closed meanwhile (another thread waiting for the same run)
+            pass
         self.close()  # a line (the run has ended) or the connection closed (the runner exited)
         return True
 
