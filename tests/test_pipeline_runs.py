@@ -352,9 +352,12 @@ def test_waiting_asks_the_server_when_the_runner_says_the_run_ended(ws, src, mon
     assert wait(run) <= 0
     assert run.get_steps()[0].get_status() == "Finished"
 
+    from prefect_aml.flows.submit import LocalRunner
+
     run = _exp(ws).submit(Pipeline(ws, [step]))
-    run._runner.close()  # e.g. too many runs waited on at once: this one asks the server
+    real, run._runner = run._runner, LocalRunner()  # one that cannot tell (as beyond MAX_OPEN): ask the server
     assert wait(run) > 5  # asked every 0.1 s at first
+    assert real.wait(60)  # and the runner itself ends (while the server is up)
 
 
 def test_local_runner_connections_are_bounded(monkeypatch):
