@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -131,10 +132,8 @@ class PipelineRun:
 
     # -- Prefect state
     def _refresh(self, client=None):
-        if client is None:
-            with _client() as client:
-                return self._refresh(client)
-        self._flow_run = client.read_flow_run(UUID(self.id))
+        with nullcontext(client) if client is not None else _client() as c:
+            self._flow_run = c.read_flow_run(UUID(self.id))
         return self._flow_run
 
     @property

@@ -188,28 +188,25 @@ _MEMBERS: OrderedDict[str, list[tuple[str, bytes]]] = OrderedDict()
 _MEMBERS_LOCK = threading.Lock()
 
 
-def _members(archive: Path, sid: str) -> list[tuple[str, bytes]] | None:
-    """Snapshot `sid`'s files as (relative path, content), when it is small enough to keep in memory."""
-    with _MEMBERS_LOCK:
-        if sid in _MEMBERS:
-            _MEMBERS.move_to_end(sid)
-            return _MEMBERS[sid]
-    with zipfile.ZipFile(archive) as z:
-        infos = [i for i in z.infolist() if not i.is_dir()]
-        if sum(i.file_size for i in infos) > MEMORY_SNAPSHOT_BYTES:
+def _read_members(z: zipfile.ZipFile) -> list[tuple[str, bytes]] | None:
+    """An archive's files as (relative path, content), when small enough to keep in memory."""
+    infos = [i for i in z.infolist() if not i.is_dir()]
+    if sum(i.file_size for i in infos) > MEMORY_SNAPSHOT_BYTES:
+        return None
+    for i in infos:  # only plain relative names; anything else is left to extractall's sanitising
+        parts = i.filename.split("/")
+        if i.filename.startswith("/") or "\\" in i.filename or any(p in ("", ".", "..") for p in parts):
             return None
-        for i in infos:  # only plain relative names; anything else is left to extractall's sanitising
-            parts = i.filename.split("/")
-            if i.filename.startswith("/") or "\\" in i.filename or any(p in ("", ".", "..") for p in parts):
-                return None
-        members = [(i.filename, z.read(i)) for i in infos]
+    return [(i.filename, z.read(i)) for i in infos]
+
+
+def _keep(sid: str, members: list[tuple[str, bytes]]) -> None:
     with _MEMBERS_LOCK:
         _MEMBERS[sid] = members
         total = sum(len(d) for m in _MEMBERS.values() for _, d in m)
         while total > MEMORY_TOTAL_BYTES and len(_MEMBERS) > 1:
             _, dropped = _MEMBERS.popitem(last=False)
             total -= sum(len(d) for _, d in dropped)
-    return members
 
 
 def restore_snapshot(store, sid: str, dest: str | os.PathLike, cache_dir: str | os.PathLike) -> None:
@@ -220,12 +217,17 @@ def restore_snapshot(store, sid: str, dest: str | os.PathLike, cache_dir: str | 
         tmp = cache.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")  # steps restore it at once
         store.filesystem().get(store.full_path(f"{SNAPSHOT_PREFIX}/{sid}.zip"), str(tmp))
         os.replace(tmp, cache)
-    members = _members(cache, sid)
+    with _MEMBERS_LOCK:
+        members = _MEMBERS.get(sid)
+        if members is not None:
+            _MEMBERS.move_to_end(sid)
     if members is None:
         with zipfile.ZipFile(cache) as z:
-            z.extractall(dest)
-        return
-    dest = os.fspath(dest)
+            members = _read_members(z)
+            if members is None:  # too big to keep, or names only extractall should handle
+                z.extractall(dest)
+                return
+        _keep(sid, members)
     made: set[str] = set()
     for rel, data in members:
         path = os.path.join(dest, rel)
@@ -233,10 +235,5 @@ def restore_snapshot(store, sid: str, dest: str | os.PathLike, cache_dir: str | 
         if parent not in made:
             os.makedirs(parent, exist_ok=True)
             made.add(parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        with open(path, "wb") as f:
+            f.write(data)
