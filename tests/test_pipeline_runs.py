@@ -321,6 +321,23 @@ def test_runs_fork_from_the_warm_runner_with_the_submitters_environment(ws, src,
     assert plain[1] != str(warm) and plain[2] == "plain"
 
 
+def test_a_finished_run_leaves_no_scratch_folders(ws, src, tmp, monkeypatch):
+    """Each step works in a scratch folder (its snapshot, inputs, outputs) that is removed after the step, in the
+    background: by the time the run is final, all of them are gone, failed steps' too."""
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the runner makes its folders where its submitter would
+    first = PythonScriptStep("ok.py", source_directory=src, allow_reuse=False)
+    steps = [first, *(PythonScriptStep("ok.py", name=f"ok{i}", source_directory=src, allow_reuse=False) for i in range(3))]
+    for a, b in zip(steps, steps[1:]):
+        b.run_after(a)
+    fail = PythonScriptStep("fail.py", source_directory=src, allow_reuse=False)
+    run = _exp(ws).submit(Pipeline(ws, [*steps, fail]), continue_on_step_failure=True)
+    assert run.wait_for_completion(show_output=False, timeout_seconds=120, raise_on_error=False) == "Failed"
+    assert sorted(s.get_status() for s in run.get_steps()) == ["Failed"] + ["Finished"] * 4
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("aml-")] == []
+
+
 @pytest.mark.parametrize("warm", [True, False], ids=["warm-runner", "plain-runner"])
 def test_waiting_asks_the_server_when_the_runner_says_the_run_ended(ws, src, monkeypatch, warm):
     """A run started here is waited for on its runner: the server is asked at the start and at the end, not

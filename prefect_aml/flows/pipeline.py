@@ -41,7 +41,14 @@ from prefect_aml.tasks.reuse import (
     read_json,
     write_json,
 )
-from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX, StepContext, publish_metrics, run_step
+from prefect_aml.tasks.step import (
+    REUSED_FILE,
+    RUNS_PREFIX,
+    StepContext,
+    publish_metrics,
+    run_step,
+    wait_for_scratch_removal,
+)
 
 FLOW_NAME = "aml-pipeline"
 
@@ -205,6 +212,19 @@ def _was_cancelled(run_id: str) -> bool:
         return client.read_flow_run(run_id).state_type in (StateType.CANCELLING, StateType.CANCELLED)
 
 
+def _result(future) -> Any:
+    """A finished step task's return value: read from its state when the value is held in memory (a
+    `future.result()` hands the read to Prefect's event loop thread and waits for it, ~1 ms per step while
+    that thread sends the run's events and logs); otherwise, and for failures, as `future.result()` does."""
+    from prefect.results import ResultRecord
+
+    future.wait()  # done already (as_completed): this records its final state on the future
+    state = future.state
+    if state.is_completed() and isinstance(state.data, ResultRecord):
+        return state.data.result
+    return future.result()
+
+
 def _known_result(plan: dict) -> dict:
     """What a step the plan will reuse returns: its earlier outputs (known before it is dispatched)."""
     rec = plan["record"]
@@ -336,7 +356,7 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
 
     def settle(name: str, future) -> None:
         try:
-            results[name] = future.result()
+            results[name] = _result(future)
         except Exception as err:  # the step's own error, with its stderr tail
             failed[name] = str(err)
             results.pop(name, None)
@@ -403,6 +423,7 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
             sorter.done(name)
     finally:
         clusters.close()
+        wait_for_scratch_removal()  # a run that is over has left no scratch folders behind
     try:
         start.graph.result()
     except Exception as err:  # the graph is for people: a failure to show it does not fail the run

@@ -43,7 +43,7 @@ def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str
     from prefect.context import get_run_context
 
     from prefect_aml._home import aml_home
-    from prefect_aml.tasks.step import StepContext, execute_step, run_dir
+    from prefect_aml.tasks.step import StepContext, execute_step, run_dir, wait_for_scratch_removal
 
     # this machine's home for caches and locks; the submitter's home may not exist here
     ctx = {**ctx, "workspace": {**ctx["workspace"], "home": str(aml_home())}}
@@ -83,6 +83,7 @@ def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str
         return execute_step(step, plan, ctx, upstream, task_run_id)
     finally:
         stop.set()
+        wait_for_scratch_removal()
 
 
 def ensure_step_deployment(client, pool: str):
