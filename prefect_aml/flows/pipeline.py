@@ -250,27 +250,32 @@ def _run_context(run_id: str, params: dict) -> dict:
 def _graph_artifact(spec, run_id: str) -> None:
     from prefect.artifacts import MarkdownArtifact
 
-    MarkdownArtifact(markdown=f"```mermaid\n{spec.result().mermaid()}\n```", key="pipeline-graph",
+    MarkdownArtifact(markdown=f"```mermaid\n{spec.mermaid()}\n```", key="pipeline-graph",
                      description="The pipeline's steps and the data between them",
                      flow_run_id=run_id).create(_sync=True)
 
 
+def _in_thread(fn, *args):
+    """`fn(*args)` in a thread of its own, with this context; returns its future."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(contextvars.copy_context().run, fn, *args)
+    finally:
+        pool.shutdown(wait=False)
+
+
 class _Start:
-    """What a run needs before its first step, fetched in threads (each a server or datastore round trip):
-    its spec from the default datastore, the result storage (only when a step may be reused) and the graph
-    artifact (the first step waits for none of it)."""
+    """What a run needs before its first step, fetched in threads (each a datastore or server round trip): its
+    spec from the default datastore and the result storage (only when a step may be reused)."""
 
     def __init__(self, run_id: str, params: dict):
         from prefect_aml.flows.submit import load_spec
 
         self.ctx = _run_context(run_id, params)
         sc = StepContext(self.ctx)
-        pool = ThreadPoolExecutor(3)
-        self.spec = pool.submit(contextvars.copy_context().run, lambda: load_spec(sc.default_store, params["spec_path"]))
-        self.storage = pool.submit(contextvars.copy_context().run, lambda: AmlResultStorage.on(sc.default_store)
-                                   if any(s.allow_reuse for s in self.spec.result().steps) else None)
-        self.graph = pool.submit(contextvars.copy_context().run, _graph_artifact, self.spec, run_id)
-        pool.shutdown(wait=False)
+        self.spec = _in_thread(lambda: load_spec(sc.default_store, params["spec_path"]))
+        self.storage = _in_thread(lambda: AmlResultStorage.on(sc.default_store)
+                                  if any(s.allow_reuse for s in self.spec.result().steps) else None)
 
 
 _PREPARED: dict[str, _Start] = {}  # flow run id -> its start, begun before Prefect's engine started the run
@@ -278,8 +283,8 @@ _PREPARED: dict[str, _Start] = {}  # flow run id -> its start, begun before Pref
 
 @contextmanager
 def prepared(flow_run):
-    """Around Prefect's engine running a pipeline flow run in this process: its spec, result storage and graph
-    are fetched while the engine sets the run up (~50 ms of round trips the run would otherwise begin with)."""
+    """Around Prefect's engine running a pipeline flow run in this process: its spec and result storage are
+    fetched while the engine sets the run up (round trips the run would otherwise begin with)."""
     run_id = str(flow_run.id)
     try:
         _PREPARED[run_id] = _Start(run_id, flow_run.parameters)
@@ -347,6 +352,9 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
     on_dask: dict[str, str] = {}  # steps sent to a Dask compute -> its name
     recorded: set[str] = set()  # hits the plan resolved, recorded as Cached task runs without dispatch
     reused: dict[str, dict] = {}  # their records, written once at the end
+    # the graph artifact is created once the first steps are dispatched, while they run: made at the start, its
+    # round trip took the CPU from Prefect's engine setting the run up, and delayed the first step (~8 ms)
+    graph = None
 
     def registered(name: str) -> None:
         try:
@@ -414,6 +422,7 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
                         continue
                     in_flight[task.submit(**parameters)] = name
                     on_dask[name] = compute["name"]
+            graph = graph or _in_thread(_graph_artifact, pipeline, run_id)
             if not in_flight:
                 continue
             future = next(as_completed(list(in_flight)))
@@ -425,7 +434,7 @@ def aml_pipeline(spec_path: str, parameters: dict, experiment_name: str, workspa
         clusters.close()
         wait_for_scratch_removal()  # a run that is over has left no scratch folders behind
     try:
-        start.graph.result()
+        (graph or _in_thread(_graph_artifact, pipeline, run_id)).result()
     except Exception as err:  # the graph is for people: a failure to show it does not fail the run
         logger.warning(f"The pipeline graph artifact could not be created: {err}")
     if reused:
