@@ -7,6 +7,7 @@ import subprocess
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -190,6 +191,7 @@ def test_cancel_stops_the_step(ws, src, tmp):
     marker = tmp / "pid.txt"
     (tmp / "src" / "hang.py").write_text(textwrap.dedent(f"""
         import os, time
+        print("waiting to be cancelled", flush=True)
         open({str(marker)!r}, "w").write(str(os.getpid()))
         time.sleep(300)
     """))
@@ -198,6 +200,13 @@ def test_cancel_stops_the_step(ws, src, tmp):
     while not marker.exists() and time.time() < deadline:
         time.sleep(0.3)
     assert marker.exists(), "the step never started"
+    # on a local datastore the step's log is written in place while the step runs
+    store = ws.get_default_datastore()
+    live_log = Path(store.full_path(f"azureml/runs/{run.id}/hang.py/std_log.txt"))
+    deadline = time.time() + 10
+    while "waiting to be cancelled" not in (live_log.read_text() if live_log.exists() else "") and time.time() < deadline:
+        time.sleep(0.1)
+    assert live_log.read_text() == "waiting to be cancelled\n"
     pid = int(marker.read_text())
     run.cancel()
     assert run.wait_for_completion(show_output=False, timeout_seconds=60, raise_on_error=False) == "Canceled"

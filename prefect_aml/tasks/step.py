@@ -30,6 +30,7 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
+from prefect_aml.blocks.datastores import LocalDatastore
 from prefect_aml.exceptions import StepFailedError
 from prefect_aml.pipeline.spec import ArgSpec, StepSpec
 from prefect_aml.tasks.reuse import REUSE_PREFIX, last_record_path, write_json
@@ -345,7 +346,12 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         argv = [resolve(a) for a in spec.command]
         if argv and argv[0] in ("python", "python3"):
             argv[0] = python
-    log_path = ctx_dir / "std_log.txt"
+    store = sc.default_store
+    rdir = run_dir(ctx, spec.name)
+    live_log = isinstance(store, LocalDatastore)  # written in place on a local datastore, while the step runs
+    log_path = Path(store.full_path(f"{rdir}/std_log.txt")) if live_log else ctx_dir / "std_log.txt"
+    if live_log:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     with open(log_path, "w") as logfile:
         try:
@@ -369,9 +375,8 @@ def _execute(spec: StepSpec, plan: dict, sc: StepContext, ctx: dict, logger, wor
         with _ACTIVE_LOCK:
             _ACTIVE.pop(proc, None)
     metrics = _collect_metrics(ctx_dir / "metrics.jsonl")
-    store = sc.default_store
-    rdir = run_dir(ctx, spec.name)
-    store.upload_files([log_path], relative_root=ctx_dir, target_path=rdir, overwrite=True, show_progress=False)
+    if not live_log:
+        store.upload_files([log_path], relative_root=ctx_dir, target_path=rdir, overwrite=True, show_progress=False)
     for base in (ctx_dir / "artifacts", src / "outputs"):
         files = [p for p in base.rglob("*") if p.is_file()] if base.is_dir() else []
         if files:
