@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import textwrap
@@ -338,7 +339,7 @@ def test_a_finished_run_leaves_no_scratch_folders(ws, src, tmp, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(scratch))  # the runner makes its folders where its submitter would
     first = PythonScriptStep("ok.py", source_directory=src, allow_reuse=False)
     steps = [first, *(PythonScriptStep("ok.py", name=f"ok{i}", source_directory=src, allow_reuse=False) for i in range(3))]
-    for a, b in zip(steps, steps[1:]):
+    for a, b in itertools.pairwise(steps):
         b.run_after(a)
     fail = PythonScriptStep("fail.py", source_directory=src, allow_reuse=False)
     run = _exp(ws).submit(Pipeline(ws, [*steps, fail]), continue_on_step_failure=True)
@@ -384,6 +385,45 @@ def test_waiting_asks_the_server_when_the_runner_says_the_run_ended(ws, src, mon
     real, run._runner = run._runner, LocalRunner()  # one that cannot tell (as beyond MAX_OPEN): ask the server
     assert wait(run) > 5  # asked every 0.1 s at first
     assert real.wait(60)  # and the runner itself ends (while the server is up)
+
+
+def test_cancellation_is_heard_on_the_events_stream(ws, monkeypatch):
+    """A run's watcher hears its cancellation on Prefect's events stream: no polling of the run's state while
+    the stream is up (one read when it subscribes), and the run and its unfinished steps end Cancelled."""
+    import threading
+
+    from prefect import flow, task
+    from prefect.client.orchestration import PrefectClient, get_client
+    from prefect.states import Cancelling, Running
+
+    from prefect_aml.flows.runner import watch_for_cancel
+
+    @flow(name="aml-cancel-watch-test")
+    def noop() -> None:
+        pass
+
+    @task
+    def a_step() -> None:
+        pass
+
+    polled = []  # the observer's fallback: reads of flow runs in Cancelling
+    reads = PrefectClient.read_flow_runs
+    monkeypatch.setattr(PrefectClient, "read_flow_runs", lambda self, *a, **k: polled.append(1) or reads(self, *a, **k))
+    with get_client(sync_client=True) as client:
+        fr = client.create_flow_run(noop, state=Running())
+        step = client.create_task_run(a_step, flow_run_id=fr.id, dynamic_key="0", name="step", state=Running())
+        done = threading.Event()
+        watcher = threading.Thread(target=watch_for_cancel, args=(fr.id, done, True), daemon=True)
+        watcher.start()
+        time.sleep(4)  # subscribed after 1 s; then quiet
+        assert watcher.is_alive()
+        client.set_flow_run_state(fr.id, Cancelling(), force=True)
+        watcher.join(15)
+        assert not watcher.is_alive(), "the cancellation was not heard"
+        assert client.read_flow_run(fr.id).state.name == "Cancelled"
+        assert client.read_task_run(step.id).state.name == "Cancelled"
+    done.set()
+    assert polled == []
 
 
 def test_local_runner_connections_are_bounded(monkeypatch):
