@@ -43,6 +43,7 @@ def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str
     from prefect.context import get_run_context
 
     from prefect_aml._home import aml_home
+    from prefect_aml.flows.runner import watch_for_cancel
     from prefect_aml.tasks.step import StepContext, execute_step, run_dir, wait_for_scratch_removal
 
     # this machine's home for caches and locks; the submitter's home may not exist here
@@ -51,34 +52,26 @@ def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str
     path = f"{run_dir(ctx, step['name'])}/{HEARTBEAT_FILE}"
     stop = threading.Event()
 
-    flow_run_id = str(get_run_context().flow_run.id)
+    flow_run_id = get_run_context().flow_run.id
 
     def beat() -> None:
-        """Heartbeats for the pipeline that waits; and a cancelled run (the UI, the CLI) stops the script."""
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.objects import StateType
-
+        """Heartbeats for the pipeline that waits: one now, then one every `heartbeat_s`."""
         from prefect_aml.tasks.reuse import write_json
-        from prefect_aml.tasks.step import terminate_active_steps
 
-        n, last = 0, 0.0
-        with get_client(sync_client=True) as client:
-            while True:
-                if time.monotonic() - last >= heartbeat_s:
-                    try:
-                        write_json(store, path, {"beat": n, "host": socket.gethostname(), "pid": os.getpid()})
-                    except Exception:  # a missed beat is tolerated; many in a row mean we are gone anyway
-                        pass
-                    n, last = n + 1, time.monotonic()
-                try:
-                    if client.read_flow_run(flow_run_id).state_type == StateType.CANCELLING:
-                        terminate_active_steps(flow_run_id)
-                except Exception:
-                    pass
-                if stop.wait(min(heartbeat_s, 1.0)):
-                    return
+        n = 0
+        while True:
+            try:
+                write_json(store, path, {"beat": n, "host": socket.gethostname(), "pid": os.getpid()})
+            except Exception:  # a missed beat is tolerated; many in a row mean we are gone anyway
+                pass
+            n += 1
+            if stop.wait(heartbeat_s):
+                return
 
     threading.Thread(target=beat, daemon=True, name="aml-step-heartbeat").start()
+    # a cancelled run (the pipeline's, the UI, the CLI) stops the script
+    threading.Thread(target=watch_for_cancel, args=(flow_run_id, stop, True), daemon=True,
+                     name="aml-step-cancel").start()
     try:
         return execute_step(step, plan, ctx, upstream, task_run_id)
     finally:
