@@ -16,7 +16,8 @@ from uuid import UUID
 
 
 def watch_for_cancel(flow_run_id: UUID, done: threading.Event, in_thread: bool = False) -> None:
-    """Until `done`: when the pipeline run is cancelled, cancel its steps and stop their scripts.
+    """Until `done`: when the run (a pipeline run, or a step's flow run on a work pool) is cancelled, cancel
+    its unfinished steps and stop their scripts.
 
     The run's Cancelling event is subscribed to on Prefect's events stream (polling its state every second
     while the stream is unavailable), from a second after the run started: a run that ends sooner costs the
