@@ -187,16 +187,21 @@ class PipelineRun:
     def wait_for_completion(self, show_output: bool = True, timeout_seconds: float = sys.maxsize,
                             raise_on_error: bool = True) -> str:
         """Block until the run ends; prints step status changes and a final table when `show_output`."""
+        from prefect_aml.flows.events import RunEvents
+
         started = time.monotonic()
         deadline = started + timeout_seconds
         seen: dict[str, str] = {}
         rank = {"NotStarted": 0, "Queued": 1, "Running": 2, "Canceling": 3}
+        runner = self._runner
+        # a run this process did not start (found with PipelineRun.get, or run by a worker): its state changes
+        # come on the events stream, subscribed to before its status is first read
+        events = RunEvents(self.id) if runner is None else nullcontext()
         status = self.get_status()
         if show_output:
             print(f"PipelineRunId: {self.id}\nLink to the Prefect UI: {self.get_portal_url()}")
-        runner = self._runner
-        asked = time.monotonic()
-        with _client() as client:  # one connection for all the questions
+        asked, recheck = time.monotonic(), False
+        with _client() as client, events:  # one connection for all the questions
             while status not in TERMINAL:
                 now = time.monotonic()
                 if now > deadline:
@@ -209,11 +214,15 @@ class PipelineRun:
                         if seen.get(step.name) != st and rank.get(st, 9) >= rank.get(seen.get(step.name), -1):
                             seen[step.name] = st
                             print(f"  step {step.name}: {st}")
-                # the server is asked every 0.1 s at first, then less often: the end is noticed within 2% of the
-                # time waited. A runner started here says itself when it has ended: then the server is asked
-                # at that moment, and otherwise only every RUNNER_CHECK_S (a run can also end without it).
+                # A runner started here says itself when it has ended, and the events stream says when the run or
+                # one of its steps changed: the server is then asked at that moment, and otherwise only every
+                # RUNNER_CHECK_S (a run can also end without its runner saying so). Without either it is asked
+                # every 0.1 s at first, then less often: the end is noticed within 2% of the time waited.
                 pause = min(1.0, max(0.1, (now - started) / 50))
-                if runner is None:
+                if runner is None and isinstance(events, RunEvents) and events.ok:
+                    # a step's change is recorded by the server a moment after its event: looked at again 0.5 s on
+                    recheck = events.wait(min(0.5 if recheck else RUNNER_CHECK_S, deadline - now))
+                elif runner is None:
                     time.sleep(pause)
                 elif runner.wait(min(pause if show_output else RUNNER_CHECK_S, deadline - now)):
                     runner = None  # it has ended: what the server says now is final (or it died: keep asking)

@@ -387,6 +387,29 @@ def test_waiting_asks_the_server_when_the_runner_says_the_run_ended(ws, src, mon
     assert real.wait(60)  # and the runner itself ends (while the server is up)
 
 
+def test_waiting_on_a_run_started_elsewhere_listens_to_the_events_stream(ws, src, monkeypatch):
+    """A run this process did not start (`PipelineRun.get`) is waited on through Prefect's events stream: the server
+    is asked when the run or a step changed (a handful of times), not every 0.1-1 s, and the end is noticed at once."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import StateType
+
+    step = PythonScriptStep("sleepy.py", source_directory=src, allow_reuse=False,
+                            arguments=["--out", OutputFileDatasetConfig("t"), "--seconds", "4"])
+    submitted = _exp(ws).submit(Pipeline(ws, [step]))
+    found = PipelineRun.get(ws, submitted.id)
+    assert found._runner is None
+    asked = []
+    read = SyncPrefectClient.read_flow_run
+    monkeypatch.setattr(SyncPrefectClient, "read_flow_run", lambda self, *a, **k: asked.append(1) or read(self, *a, **k))
+    assert found.wait_for_completion(show_output=False, timeout_seconds=120) == "Finished"
+    returned = time.time()
+    monkeypatch.undo()
+    assert len(asked) < 12  # polling every 0.1 s, then every 2% of the time waited, asks ~40 times here
+    fr = found._flow_run
+    assert fr.state_type == StateType.COMPLETED and returned - fr.end_time.timestamp() < 1.5
+    assert submitted._runner.wait(60)  # its runner winds down while the server is up
+
+
 def test_cancellation_is_heard_on_the_events_stream(ws, monkeypatch):
     """A run's watcher hears its cancellation on Prefect's events stream: no polling of the run's state while
     the stream is up (one read when it subscribes), and the run and its unfinished steps end Cancelled."""
