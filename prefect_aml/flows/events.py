@@ -12,6 +12,7 @@ import asyncio
 import threading
 
 CONNECT_TIMEOUT_S = 5.0
+CHECK_S = 5.0  # a waiter asks the server at least this often, even when it hears nothing
 
 
 class RunEvents:

@@ -3,7 +3,8 @@
 A step whose compute is a work pool (an `AmlCompute` or `DockerCompute`) is still one task run of
 the pipeline flow: after its reuse check (a reused step is never sent anywhere) the task creates a
 flow run of `aml-step/<pool>` (a subflow of the step's task run, so the Prefect UI nests it) and
-waits for it, reading its state and the heartbeat the step flow writes on the default datastore.
+waits for it: it reads the run's state when Prefect's events stream says it changed (every 0.25 s
+while the stream is down), and the heartbeat the step flow writes on the default datastore.
 The pool's worker starts it; it runs the step exactly as the pipeline flow would, and commits the
 outputs. The task then returns the planned outputs, or fails with the step's own error, or with a
 clear message when no worker takes the run (`PREFECT_AML_WORKER_WAIT_SECONDS`) or the worker dies
@@ -16,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from prefect import flow
@@ -130,6 +132,7 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
     from prefect.states import Cancelled, Crashed
 
     from prefect_aml.exceptions import StepFailedError
+    from prefect_aml.flows.events import CHECK_S, RunEvents
     from prefect_aml.tasks.reuse import read_json
     from prefect_aml.tasks.step import StepContext, run_dir
 
@@ -139,7 +142,7 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
     wait_s = worker_wait_seconds()
     store = StepContext(ctx).default_store
     hb_path = f"{run_dir(ctx, spec.name)}/{HEARTBEAT_FILE}"
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client, ExitStack() as stack:
         try:
             deployment = client.read_deployment_by_name(f"{STEP_FLOW_NAME}/{pool}")
         except ObjectNotFound:  # e.g. the pool was made before this version: make it now
@@ -165,8 +168,16 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
         last_beat, last_change, next_beat_check = None, None, 0.0
         next_check = created + wait_s
         unreachable_since = None
+        state, first = None, True
+        events = stack.enter_context(RunEvents(run.id))
         while True:
-            time.sleep(0.25)
+            if first:
+                first = False
+            elif state is None or not events.ok:
+                time.sleep(0.25)
+            else:  # woken by the step run's state changes, or when a heartbeat or worker check is due
+                due = next_beat_check if state.type == StateType.RUNNING else next_check
+                events.wait(min(CHECK_S, max(0.0, due - time.monotonic())))
             try:
                 state = client.read_flow_run(run.id).state
             except Exception as err:  # the API blinked: look again, for a while
