@@ -201,6 +201,14 @@ class PipelineRun:
         if show_output:
             print(f"PipelineRunId: {self.id}\nLink to the Prefect UI: {self.get_portal_url()}")
         asked, recheck = time.monotonic(), False
+
+        def print_step_changes() -> None:
+            for step in self.get_steps():
+                st = step.get_status()
+                if seen.get(step.name) != st and rank.get(st, 9) >= rank.get(seen.get(step.name), -1):
+                    seen[step.name] = st
+                    print(f"  step {step.name}: {st}")
+
         with _client() as client, events:  # one connection for all the questions
             while status not in TERMINAL:
                 now = time.monotonic()
@@ -209,11 +217,7 @@ class PipelineRun:
                         print(f"Timed out after {timeout_seconds} s; the run is still {status}.")
                     return status
                 if show_output:
-                    for step in self.get_steps():
-                        st = step.get_status()
-                        if seen.get(step.name) != st and rank.get(st, 9) >= rank.get(seen.get(step.name), -1):
-                            seen[step.name] = st
-                            print(f"  step {step.name}: {st}")
+                    print_step_changes()
                 # A runner started here says itself when it has ended, and the events stream says when the run or
                 # one of its steps changed: the server is then asked at that moment, and otherwise only every
                 # RUNNER_CHECK_S (a run can also end without its runner saying so). Without either it is asked
@@ -231,6 +235,7 @@ class PipelineRun:
                 asked = time.monotonic()
                 status = _status(self._refresh(client).state)
         if show_output:
+            print_step_changes()  # the last steps' ends, when the run's end was seen first
             print(f"PipelineRun Status: {status}")
             self._print_table()
         if raise_on_error and status != "Finished":
