@@ -16,6 +16,8 @@ CHECK_S = 5.0  # a waiter asks the server at least this often, even when it hear
 
 
 class RunEvents:
+    """The state changes of flow run `flow_run_id` and of the runs that name it, while open (a context manager)."""
+
     def __init__(self, flow_run_id, connect_timeout: float = CONNECT_TIMEOUT_S):
         self.flow_run_id = str(flow_run_id)
         self.ok = False
