@@ -196,7 +196,7 @@ class PipelineRun:
         runner = self._runner
         # a run this process did not start (found with PipelineRun.get, or run by a worker): its state changes
         # come on the events stream, subscribed to before its status is first read
-        events = RunEvents(self.id) if runner is None else nullcontext()
+        events = RunEvents(self.id) if runner is None else None
         status = self.get_status()
         if show_output:
             print(f"PipelineRunId: {self.id}\nLink to the Prefect UI: {self.get_portal_url()}")
@@ -209,7 +209,7 @@ class PipelineRun:
                     seen[step.name] = st
                     print(f"  step {step.name}: {st}")
 
-        with _client() as client, events:  # one connection for all the questions
+        with _client() as client, events or nullcontext():  # one connection for all the questions
             while status not in TERMINAL:
                 now = time.monotonic()
                 if now > deadline:
@@ -223,7 +223,7 @@ class PipelineRun:
                 # RUNNER_CHECK_S (a run can also end without its runner saying so). Without either it is asked
                 # every 0.1 s at first, then less often: the end is noticed within 2% of the time waited.
                 pause = min(1.0, max(0.1, (now - started) / 50))
-                if runner is None and isinstance(events, RunEvents) and events.ok:
+                if events is not None and events.ok:
                     # a step's change is recorded by the server a moment after its event: looked at again 0.5 s on
                     recheck = events.wait(min(0.5 if recheck else RUNNER_CHECK_S, deadline - now))
                 elif runner is None:

@@ -28,10 +28,9 @@ class RunEvents:
         self._ready.wait(connect_timeout)
 
     def wait(self, timeout: float) -> bool:
-        """Block until a state change (True) or `timeout` (False); at once (True) when the stream is not up.
-        The caller reads the run after this returns: a change that comes in meanwhile wakes the next wait."""
-        if not self.ok:
-            return True
+        """Block until a state change (True) or `timeout` (False); a stream that drops meanwhile also wakes it
+        (then `ok` is False). The caller reads the run after this returns: a change that comes in meanwhile wakes
+        the next wait."""
         changed = self._changed.wait(max(0.0, timeout))
         self._changed.clear()
         return changed
