@@ -20,7 +20,7 @@ from prefect_aml.compute import AmlCompute, ComputeTarget, DaskCompute, DockerCo
 from prefect_aml.dataset import Dataset, FileDataset, MountContext, TabularDataset
 from prefect_aml.datastore import Datastore
 from prefect_aml.deployments.endpoint import PipelineEndpoint, PipelineVersion
-from prefect_aml.deployments.published import PublishedPipeline, PublishedPipelineDisabledError
+from prefect_aml.deployments.published import PublishedPipeline
 from prefect_aml.deployments.schedule import Schedule, ScheduleException, ScheduleRecurrence
 from prefect_aml.environment import (
     DEFAULT_CPU_IMAGE,
@@ -39,6 +39,7 @@ from prefect_aml.exceptions import (
     DatastoreException,
     OutputNotUniqueError,
     PipelineValidationError,
+    PublishedPipelineDisabledError,
     StepFailedError,
     UserErrorException,
     WorkspaceException,
@@ -55,6 +56,7 @@ from prefect_aml.pipeline import (
     PipelineParameter,
     PythonScriptStep,
     StepSequence,
+    port,
 )
 from prefect_aml.runs import Experiment, PipelineRun, Run, StepRun
 from prefect_aml.workspace import Workspace
@@ -77,3 +79,4 @@ __all__ = [
 ]
 
 _tls.share()  # Prefect's API clients share one TLS context per CA bundle (see _tls)
+port.install("prefect_aml.verbs")  # Pipeline.submit/publish/explain_reuse: the Prefect side, loaded on first use

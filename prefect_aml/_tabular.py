@@ -14,11 +14,15 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from prefect_aml._expr import COMPARISONS, TYPE_NAMES, columns_of, parse_partition_format, partition_values
+from prefect_aml.blocks.datastores import LocalDatastore
 from prefect_aml.exceptions import UserErrorException
 
 
@@ -57,20 +61,14 @@ def _arrow_type(name: str) -> pa.DataType:
 
 
 def _arrow_fs(store):
-    from prefect_aml.blocks.datastores import LocalDatastore
-
     if isinstance(store, LocalDatastore):
         return pa.fs.LocalFileSystem()
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
     return PyFileSystem(FSSpecHandler(store.filesystem()))
 
 
 def _format(options: dict, names: list[str] | None = None):
     if options.get("format") == "parquet":
         return pads.ParquetFileFormat()
-    import pyarrow.csv as pacsv
-
     read = pacsv.ReadOptions(column_names=names) if names and not options.get("header", True) else (
         pacsv.ReadOptions(autogenerate_column_names=not options.get("header", True)))
     types = {}
@@ -258,8 +256,6 @@ def _constant(schema: pa.Schema, column: str, value, rows: int) -> pa.Array:
 def _read_delimited(dataset: pads.Dataset, needed: list[str], pushdown) -> pa.Table:
     """Whole delimited files through pyarrow's multi-threaded CSV reader (a dataset scan of CSV is
     slower), one file at a time; files whose partition values cannot match are skipped."""
-    import pyarrow.csv as pacsv
-
     tables = []
     for fmt, fragment, keys, own in _delimited_files(dataset, needed, pushdown):
         convert = fmt.default_fragment_scan_options.convert_options
@@ -291,8 +287,6 @@ def read_pandas(dataset: pads.Dataset, ops: list):
     cols, needed, pushdown, row_ops = plan_ops(dataset.schema.names, ops)
     if pushdown is not None or row_ops or needed != dataset.schema.names:
         return None
-    import pandas as pd
-
     schema = dataset.schema
     dtypes = schema.empty_table().to_pandas().dtypes  # what the arrow path gives each column (no nulls)
     frames = []
@@ -365,8 +359,6 @@ DISTINCT_LIMIT = 10_000
 def profile(schema: pa.Schema, batches: Iterator[pa.RecordBatch]):
     """Per-column summary statistics in one pass (flat memory): type, count, missing, distinct, min, max,
     mean, std. Returns a pandas DataFrame with one column per dataset column."""
-    import pandas as pd
-
     stats = {f.name: {"type": "string" if pa.types.is_large_string(f.type) else str(f.type), "count": 0,
                       "missing": 0, "min": None, "max": None, "sum": 0.0, "sumsq": 0.0, "distinct": set()}
              for f in schema}

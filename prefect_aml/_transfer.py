@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fsspec.callbacks import Callback, NoOpCallback
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from prefect_aml.exceptions import UserErrorException
+from prefect_aml.names import clean_relative
+from prefect_aml.pipeline.data import DataReference
 
 if TYPE_CHECKING:
     from prefect_aml.blocks.datastores import DatastoreBlock
@@ -25,9 +29,6 @@ class _RichCallback(Callback):
     """An fsspec callback drawing a rich progress bar (files done / files to do)."""
 
     def __init__(self, description: str, total: int):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         console = Console(stderr=True)
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -77,9 +78,6 @@ def upload_files(
     overwrite: bool = False,
     show_progress: bool = True,
 ):
-    from prefect_aml.blocks.datastores import clean_relative
-    from prefect_aml.pipeline.data import DataReference
-
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     target = clean_relative(target_path, "target_path")
@@ -112,9 +110,6 @@ def upload_files(
 
 
 def upload_dir(store: DatastoreBlock, src_dir, target_path=None, overwrite=False, show_progress=True):
-    from prefect_aml.blocks.datastores import clean_relative
-    from prefect_aml.pipeline.data import DataReference
-
     src = Path(src_dir).resolve()
     if not src.is_dir():
         raise UserErrorException(f"upload to datastore {store.name!r}: {str(src_dir)!r} is not a folder.")
@@ -156,8 +151,6 @@ def _put(store: DatastoreBlock, lpaths: list[str], rels: list[str], overwrite: b
 
 
 def download(store: DatastoreBlock, target_path, prefix=None, overwrite=False, show_progress=True) -> int:
-    from prefect_aml.blocks.datastores import clean_relative
-
     fs = store.filesystem()
     rel_prefix = clean_relative(prefix, "prefix")
     root = _strip_protocol(fs, store.root())

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
+import anyio
 import typer
+from prefect.context import refresh_global_settings_context
+
+from prefect_aml import _embedded
+from prefect_aml._azureml import SHIM_DIR, real_sdk
+from prefect_aml.compute import ComputeTarget
+from prefect_aml.deployments.trigger import watch
+from prefect_aml.exceptions import ComputeTargetException
+from prefect_aml.flows import forkserver
+from prefect_aml.workspace import Workspace
 
 app = typer.Typer(help="Azure ML (SDK v1) pipelines on Prefect.", no_args_is_help=True)
+
+
+def _connect(ws: Workspace) -> None:
+    """This command's process works for `ws`: its Prefect API (and the processes it starts) become the workspace's."""
+    os.environ["PREFECT_API_URL"] = ws.api_url()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    refresh_global_settings_context()
 server = typer.Typer(help="The embedded local Prefect server (SQLite under $PREFECT_AML_HOME).",
                      no_args_is_help=True)
 app.add_typer(server, name="server")
@@ -13,7 +38,6 @@ app.add_typer(server, name="server")
 @server.command("start")
 def server_start() -> None:
     """Start the embedded server in the background (or find it running)."""
-    from prefect_aml import _embedded
 
     url = _embedded.ensure_server()
     typer.echo(f"Prefect server running: API {url}, UI {url.removesuffix('/api')}")
@@ -22,8 +46,6 @@ def server_start() -> None:
 @server.command("stop")
 def server_stop() -> None:
     """Stop the embedded server started from this home, and the warm runner."""
-    from prefect_aml import _embedded
-    from prefect_aml.flows import forkserver
 
     if forkserver.stop():
         typer.echo("stopped the warm runner")
@@ -33,7 +55,6 @@ def server_stop() -> None:
 @server.command("status")
 def server_status() -> None:
     """Say whether the embedded server answers."""
-    from prefect_aml import _embedded
 
     url = _embedded.server_url()
     if _embedded.is_healthy(url):
@@ -58,11 +79,7 @@ def worker_start(
 
     Any machine that reaches the workspace's Prefect API (PREFECT_API_URL, or the workspace's
     config.json) and has prefect-aml installed can be a node; start as many as the compute's max_nodes."""
-    import os
-    import sys
 
-    from prefect_aml import ComputeTarget, Workspace
-    from prefect_aml.exceptions import ComputeTargetException
 
     ws = Workspace.from_config()
     try:
@@ -74,17 +91,15 @@ def worker_start(
         typer.echo(f"Compute {compute!r} is a {target.type}: its nodes are Dask workers "
                    f"({target._start_hint()}), not Prefect workers.", err=True)
         raise typer.Exit(2)
-    ws._activate()  # the embedded server, when that is the workspace's API; the worker inherits the URL
+    _connect(ws)  # the embedded server, when that is the workspace's API; the worker inherits the URL
     pool_type = "docker" if target.type == "DockerCompute" else "process"
     os.environ["PREFECT_WORKER_QUERY_SECONDS"] = str(poll_seconds)
     os.environ["PREFECT_WORKER_PREFETCH_SECONDS"] = str(max(poll_seconds, 1.0))
     if pool_type == "process":  # steps run warm, in this process (see prefect_aml/flows/worker.py)
-        import anyio
-        from prefect.context import refresh_global_settings_context
 
-        from prefect_aml.flows.worker import serve
+        from prefect_aml.flows.worker import serve  # the worker's machinery loads only for this command
 
-        refresh_global_settings_context()
+        refresh_global_settings_context()  # the poll settings above
         typer.echo(f"Starting a worker for compute {compute!r} (work pool {target.work_pool!r}), "
                    f"polling every {poll_seconds:g} s")
         anyio.run(serve, target.work_pool, name, limit)
@@ -101,7 +116,6 @@ def worker_start(
 
 
 def _value(text: str):
-    import json
 
     try:
         return json.loads(text)
@@ -116,11 +130,7 @@ def explain(
     regenerate_outputs: bool = typer.Option(False, help="as submit(..., regenerate_outputs=True) would"),
 ) -> None:
     """Say, step by step, whether a submit now would reuse earlier results or run, and why. Runs nothing."""
-    import importlib.util
-    import sys
-    from pathlib import Path
 
-    from prefect_aml import Workspace
 
     path, _, func = target.rpartition(":")
     if not path or not func or not Path(path).is_file():
@@ -153,11 +163,9 @@ def serve(
     triggers: bool = typer.Option(True, help="also watch the datastore triggers (as `prefect-aml triggers watch`)"),
 ) -> None:
     """Serve Azure ML's REST routes for published pipelines and endpoints (OpenAPI at /openapi.json)."""
-    import threading
 
-    import uvicorn
+    import uvicorn  # the REST service (uvicorn, FastAPI) loads only for this command
 
-    from prefect_aml import Workspace
     from prefect_aml.deployments.rest import create_app
 
     if not token:
@@ -165,9 +173,8 @@ def serve(
                    "'Authorization: Bearer <token>').", err=True)
         raise typer.Exit(2)
     ws = Workspace.from_config()
-    ws._activate()
+    _connect(ws)
     if triggers:
-        from prefect_aml.deployments.trigger import watch
 
         threading.Thread(target=watch, args=(ws,), daemon=True, name="aml-triggers").start()
     typer.echo(f"Serving workspace {ws.name!r} on http://{host}:{port} (OpenAPI: http://{host}:{port}/openapi.json)")
@@ -182,11 +189,9 @@ app.add_typer(triggers_app, name="triggers")
 @triggers_app.command("watch")
 def triggers_watch() -> None:
     """Poll every active datastore trigger at its interval, in the foreground (Ctrl-C stops)."""
-    from prefect_aml import Workspace
-    from prefect_aml.deployments.trigger import watch
 
     ws = Workspace.from_config()
-    ws._activate()
+    _connect(ws)
     typer.echo(f"Watching the datastore triggers of workspace {ws.name!r}")
     try:
         watch(ws)
@@ -201,8 +206,6 @@ _PTH = "prefect_aml_azureml_compat.pth"
 
 
 def _pth_path():
-    import sysconfig
-    from pathlib import Path
 
     return Path(sysconfig.get_paths()["purelib"]) / _PTH
 
@@ -210,7 +213,6 @@ def _pth_path():
 @compat_app.command("enable")
 def compat_enable() -> None:
     """Make `import azureml...` resolve to prefect_aml in every Python process of this environment (a .pth file)."""
-    from prefect_aml._azureml import SHIM_DIR, real_sdk
 
     found = real_sdk()
     if found:

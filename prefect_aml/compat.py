@@ -26,8 +26,14 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+import prefect_aml
+from prefect_aml import environment
 from prefect_aml._azureml import SHIM_DIR, real_sdk
+from prefect_aml.deployments import endpoint, schedule
 from prefect_aml.exceptions import UserErrorException
+from prefect_aml.pipeline.data import InputPort
+from prefect_aml.runs import PortDataReference
+from prefect_aml.widgets import RunDetails
 
 __all__ = ["MODULES", "SHIM_DIR", "UNSUPPORTED", "RealAzureMLInstalledError", "UnsupportedFeatureError", "install",
            "real_sdk"]
@@ -95,8 +101,6 @@ UNSUPPORTED: dict[str, tuple[str, str]] = {
 
 
 def _pa():
-    import prefect_aml
-
     return prefect_aml
 
 
@@ -104,15 +108,11 @@ def _names(*names: str) -> Callable[[], dict[str, Any]]:
     """Attributes taken from prefect_aml (and its submodules) by name; unsupported names become stubs."""
 
     def build() -> dict[str, Any]:
-        from prefect_aml import environment
-        from prefect_aml.deployments import endpoint, schedule
-        from prefect_aml.runs import PortDataReference
-
         pa = _pa()
         extra = {"ScriptRunConfig": environment.ScriptRunConfig, "PortDataReference": PortDataReference,
                  "PipelineVersion": endpoint.PipelineVersion, "TimeZone": schedule.TimeZone,
-                 "Dataset": pa.Dataset, "DatasetConsumptionConfig": _dataset_consumption_config(),
-                 "RunDetails": _run_details(), "UnsupportedFeatureError": UnsupportedFeatureError}
+                 "Dataset": pa.Dataset, "DatasetConsumptionConfig": InputPort,
+                 "RunDetails": RunDetails, "UnsupportedFeatureError": UnsupportedFeatureError}
         out: dict[str, Any] = {}
         for name in names:
             if name in UNSUPPORTED:
@@ -124,18 +124,6 @@ def _names(*names: str) -> Callable[[], dict[str, Any]]:
         return out
 
     return build
-
-
-def _dataset_consumption_config():
-    from prefect_aml.pipeline.data import InputPort
-
-    return InputPort
-
-
-def _run_details():
-    from prefect_aml.widgets import RunDetails
-
-    return RunDetails
 
 
 _CORE = ("Workspace", "Experiment", "Datastore", "Dataset", "Environment", "Run", "RunConfiguration",

@@ -20,13 +20,20 @@ each runs where it says; steps without one run beside the pipeline flow.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.objects import WorkerStatus
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+from prefect_aml.blocks import saved_blocks
 from prefect_aml.blocks.computes import ComputeTargetBlock, compute_block_name
 from prefect_aml.exceptions import ComputeTargetException
+from prefect_aml.names import PIPELINE_FLOW, STEP_FLOW
 
 if TYPE_CHECKING:
     from prefect_aml.workspace import Workspace
@@ -144,8 +151,8 @@ class ComputeTarget:
         if block.compute_type in ("AmlCompute", "DockerCompute"):
             block.work_pool = name
             _create_pool(workspace, block)
-        workspace._activate()
-        block.save(compute_block_name(name), overwrite=True, _sync=True)
+        with workspace.prefect():
+            block.save(compute_block_name(name), overwrite=True, _sync=True)
         return ComputeTarget(workspace, name)
 
     @staticmethod
@@ -187,19 +194,14 @@ class ComputeTarget:
         return f"`prefect-aml worker start {self.name}`"
 
     def delete(self) -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.exceptions import ObjectNotFound
-
-        self.workspace._activate()
-        with get_client(sync_client=True) as client:
+        with self.workspace.client() as client:
             if self.work_pool:
-                from prefect_aml.flows.step import STEP_FLOW_NAME
-
-                try:
-                    dep = client.read_deployment_by_name(f"{STEP_FLOW_NAME}/{self.work_pool}")
-                    client.delete_deployment(dep.id)
-                except ObjectNotFound:
-                    pass
+                for flow_name in (STEP_FLOW, PIPELINE_FLOW):  # prefect-aml's own deployments on the pool
+                    try:
+                        dep = client.read_deployment_by_name(f"{flow_name}/{self.work_pool}")
+                        client.delete_deployment(dep.id)
+                    except ObjectNotFound:
+                        pass
                 try:
                     client.delete_work_pool(self.work_pool)
                 except ObjectNotFound:
@@ -326,7 +328,7 @@ class DaskCompute(ComputeTarget):
                   "gpu": b.gpu, "address": b.address}
         if not b.address:  # a cluster per pipeline run: nothing runs between runs
             return {**status, "currentNodeCount": 0}
-        from distributed import Client
+        from distributed import Client  # Dask's client only when an attached cluster is asked (it is heavy)
 
         try:
             with Client(b.address, timeout=5) as client:
@@ -366,12 +368,8 @@ def _mem_limit(vm_size: str | None) -> str | None:
 
 
 def _load(workspace: Workspace, name: str) -> ComputeTargetBlock | None:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
     block_name = compute_block_name(name)
-    workspace._activate()
-    with get_client(sync_client=True) as client:
+    with workspace.client() as client:
         try:
             doc = client.read_block_document_by_name(block_name, ComputeTargetBlock.get_block_type_slug())
         except ObjectNotFound:
@@ -380,23 +378,14 @@ def _load(workspace: Workspace, name: str) -> ComputeTargetBlock | None:
 
 
 def _all(workspace: Workspace) -> list[ComputeTargetBlock]:
-    from prefect.client.orchestration import get_client
-
-    from prefect_aml.blocks import saved_blocks
-
-    workspace._activate()
-    with get_client(sync_client=True) as client:
+    with workspace.client() as client:
         return sorted(saved_blocks(client, ComputeTargetBlock), key=lambda b: b.compute_name)
 
 
 def _create_pool(workspace: Workspace, block: ComputeTargetBlock) -> None:
-    """The compute's work pool (its concurrency limit is max_nodes) and its step-runner deployment."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectAlreadyExists
-
-    from prefect_aml.flows.step import ensure_step_deployment
-
+    """The compute's work pool (its concurrency limit is max_nodes); the deployments that send prefect-aml's
+    flows to it are made when a step or pipeline is first sent there."""
+    # the worker classes only to read their job templates (they load Prefect's worker machinery)
     if block.compute_type == "DockerCompute":
         from prefect_docker.worker import DockerWorker as worker
     else:
@@ -411,8 +400,7 @@ def _create_pool(workspace: Workspace, block: ComputeTargetBlock) -> None:
                 props[key]["default"] = value
     description = (block.description or f"prefect-aml compute {block.compute_name}") + (
         f" (vm_size {block.vm_size})" if block.vm_size else "")
-    workspace._activate()
-    with get_client(sync_client=True) as client:
+    with workspace.client() as client:
         try:
             client.create_work_pool(WorkPoolCreate(
                 name=block.work_pool, type=worker.type, base_job_template=template, description=description,
@@ -426,16 +414,10 @@ def _create_pool(workspace: Workspace, block: ComputeTargetBlock) -> None:
                 ) from None
             client.update_work_pool(block.work_pool, WorkPoolUpdate(concurrency_limit=block.max_nodes,
                                                                     description=description))
-        ensure_step_deployment(client, block.work_pool)
 
 
 def _pool_status(workspace: Workspace, block: ComputeTargetBlock) -> dict[str, Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import WorkerStatus
-    from prefect.exceptions import ObjectNotFound
-
-    workspace._activate()
-    with get_client(sync_client=True) as client:
+    with workspace.client() as client:
         try:
             pool = client.read_work_pool(block.work_pool)
         except ObjectNotFound:
@@ -464,8 +446,6 @@ def resolve_compute(workspace: Workspace, name: str | None, step_name: str) -> d
     except ComputeTargetException as err:
         raise ComputeTargetException(f"Step {step_name!r}: {err}") from None
     if definition["type"] == "DaskCompute" and definition["gpu"] and not definition["address"]:
-        import importlib.util
-
         if importlib.util.find_spec("dask_cuda") is None:  # the cluster starts beside the pipeline flow, here
             raise ComputeTargetException(
                 f"Step {step_name!r}: compute {name!r} starts a GPU Dask cluster (gpu=True), which needs dask-cuda "

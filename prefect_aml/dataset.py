@@ -17,6 +17,7 @@ ETag or content hash). Reading a version whose files changed since it was regist
 
 from __future__ import annotations
 
+import difflib
 import os
 import posixpath
 import random
@@ -24,22 +25,37 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect_aml import _expr
+from prefect.artifacts import create_table_artifact
+from prefect.context import FlowRunContext, TaskRunContext
+
+from prefect_aml import _expr, _runctx, workspace
+from prefect_aml.blocks import saved_blocks
+from prefect_aml.blocks.datasets import DatasetVersion, version_block_name
+from prefect_aml.blocks.datastores import AzureBlobDatastore, LocalDatastore, S3Datastore
+from prefect_aml.datastore import Datastore
 from prefect_aml.exceptions import DatasetChangedError, UserErrorException
-from prefect_aml.pipeline.data import DataPath, InputPort, datastore_name
-from prefect_aml.tasks.reuse import digest, file_tag, find_detail
+from prefect_aml.names import artifact_key
+from prefect_aml.pipeline.data import DataPath, InputPort, datastore_name, partition_option, tabular_options
+from prefect_aml.records import digest, file_tag, find_detail
+from prefect_aml.workspace import Workspace
 
 ITEMS_LIMIT = 20_000  # files whose identity a registered version lists one by one (beyond: only the digest)
+
+
+def _tabular():
+    """The table reader, on first use: pyarrow and pandas load only when a table is read (not at import)."""
+    from prefect_aml import _tabular
+
+    return _tabular
 
 
 # -- paths -----------------------------------------------------------------------------------------
 def _url_prefixes(store) -> list[str]:
     """Every URL prefix that names `store`'s root (s3://bucket, https://acct.blob.core.windows.net/c, ...)."""
-    from prefect_aml.blocks.datastores import AzureBlobDatastore, LocalDatastore, S3Datastore
-
     if isinstance(store, LocalDatastore):
         return [f"file://{store.root()}", store.root()]
     if isinstance(store, S3Datastore):
@@ -56,8 +72,6 @@ def _url_prefixes(store) -> list[str]:
 
 def _resolve_url(url: str) -> tuple[Any, str]:
     """(datastore, path) for a URL or absolute path, from the workspace's registered datastores."""
-    from prefect_aml.workspace import Workspace
-
     target = url.rstrip("/")
     best: tuple[int, Any, str] | None = None
     for store in Workspace.from_config().datastores.values():
@@ -147,8 +161,6 @@ class MountContext:
         self._started = False
 
     def start(self) -> MountContext:
-        from prefect_aml.blocks.datastores import LocalDatastore
-
         files = self._dataset._files()
         if not files:
             raise UserErrorException(f"{self._dataset!r} matches no files; check the paths and patterns.")
@@ -261,10 +273,6 @@ class _Dataset:
     def register(self, workspace, name: str, description: str | None = None, tags: dict | None = None,
                  create_new_version: bool = False) -> _Dataset:
         """Register this definition under `name`: version 1, or a new version when the definition or data changed."""
-        from datetime import UTC, datetime
-
-        from prefect_aml.blocks.datasets import DatasetVersion, version_block_name
-
         if not isinstance(name, str) or not name.strip():
             raise UserErrorException(f"Dataset name {name!r} is not valid: give a non-empty string.")
         versions = _versions(workspace, name)
@@ -283,9 +291,9 @@ class _Dataset:
                                fingerprint=fingerprint, description=description,
                                tags={str(k): str(v) for k, v in (tags or {}).items()},
                                registered=datetime.now(UTC).isoformat())
-        workspace._activate()
         try:
-            block.save(version_block_name(name, version), overwrite=False, _sync=True)  # versions are immutable
+            with workspace.prefect():  # versions are immutable: a version of that number is never overwritten
+                block.save(version_block_name(name, version), overwrite=False, _sync=True)
         except ValueError as err:
             raise UserErrorException(f"Dataset {name!r} version {version} was registered at the same time by "
                                      f"another client; register again. ({err})") from None
@@ -307,9 +315,6 @@ class _Dataset:
             if self._resolver is not None:  # inside a pipeline run: the run's datastores
                 self._stores[name] = self._resolver(name)
             else:
-                from prefect_aml.datastore import Datastore
-                from prefect_aml.workspace import Workspace
-
                 ws = Workspace.from_config()
                 self._stores[name] = Datastore.get(ws, name) if name else ws.get_default_datastore()
         return self._stores[name]
@@ -389,7 +394,7 @@ class _Dataset:
 
 
 def _row_changes(left, right) -> dict:
-    import pandas as pd
+    import pandas as pd  # loaded by the tables compared already; not at import
 
     lc = pd.util.hash_pandas_object(left.astype(str), index=False).value_counts()
     rc = pd.util.hash_pandas_object(right.astype(str), index=False).value_counts()
@@ -465,30 +470,22 @@ class TabularDataset(_Dataset):
         files = self._files()
         if not files:
             raise UserErrorException(f"{self!r} matches no files; check the paths and patterns.")
-        from prefect_aml import _tabular
-
-        return _tabular.arrow_dataset(files, self._options)
+        return _tabular().arrow_dataset(files, self._options)
 
     def to_pandas_dataframe(self):
         """Read the table (only the columns and files needed; pyarrow's multi-threaded readers, or pandas'
         CSV parser for delimited files read whole, which gives the same frame faster)."""
-        from prefect_aml import _tabular
-
         dataset = self._arrow()
-        df = _tabular.read_pandas(dataset, self._ops)
-        return df if df is not None else _tabular.read_table(dataset, self._ops).to_pandas()
+        df = _tabular().read_pandas(dataset, self._ops)
+        return df if df is not None else _tabular().read_table(dataset, self._ops).to_pandas()
 
     def to_batches(self, batch_size: int | None = None) -> Iterator:
         """The rows as a stream of `pyarrow.RecordBatch` (`.to_pandas()` each), for tables larger than memory."""
-        from prefect_aml import _tabular
-
-        return _tabular.stream(self._arrow(), self._ops, batch_size=batch_size, lean=True)[1]
+        return _tabular().stream(self._arrow(), self._ops, batch_size=batch_size, lean=True)[1]
 
     def get_profile(self):
         """Per-column summary statistics (one streaming pass); a table artifact when computed in a run."""
-        from prefect_aml import _tabular
-
-        df = _tabular.profile(*_tabular.stream(self._arrow(), self._ops, lean=True))
+        df = _tabular().profile(*_tabular().stream(self._arrow(), self._ops, lean=True))
         _publish_profile(self.name or "dataset", df)
         return df
 
@@ -499,18 +496,11 @@ def _publish_profile(label: str, df) -> None:
     """Show a profile in the run that computed it: a step script's metric table, or a Prefect table artifact."""
     rows = [{"column": str(c), **{k: (v if isinstance(v, (int, float, str)) or v is None else str(v))
                                   for k, v in df[c].items()}} for c in df.columns]
-    if os.environ.get("AZUREML_RUN_CONTEXT"):
-        from prefect_aml.runs import Run
-
-        Run.get_context().log_table(f"profile {label}", {k: [r[k] for r in rows] for k in rows[0]} if rows else {})
+    step = _runctx.load()
+    if step is not None:
+        _runctx.emit(step["dir"], f"profile {label}", "table", {k: [r[k] for r in rows] for k in rows[0]} if rows else {})
         return
-    from prefect.context import FlowRunContext, TaskRunContext
-
     if FlowRunContext.get() or TaskRunContext.get():
-        from prefect.artifacts import create_table_artifact
-
-        from prefect_aml.tasks.step import artifact_key
-
         create_table_artifact(rows, key=artifact_key("profile", label), description=f"Profile of dataset {label}")
 
 
@@ -520,20 +510,12 @@ def _versions(workspace, name: str) -> list:
 
 
 def _all_versions(workspace) -> list:
-    from prefect.client.orchestration import get_client
-
-    from prefect_aml.blocks import saved_blocks
-    from prefect_aml.blocks.datasets import DatasetVersion
-
-    workspace._activate()
-    with get_client(sync_client=True) as client:
+    with workspace.client() as client:
         blocks = saved_blocks(client, DatasetVersion)
     return sorted(blocks, key=lambda b: (b.dataset_name, b.version))
 
 
 def _from_block(block, workspace) -> _Dataset:
-    from prefect_aml.datastore import Datastore
-
     def resolve(name):
         return Datastore.get(workspace, name) if name else workspace.get_default_datastore()
 
@@ -559,25 +541,11 @@ def _validated(ds: _Dataset, what: str, validate: bool) -> _Dataset:
     return ds
 
 
-def _partition_option(partition_format: str | None) -> dict:
-    if not partition_format:
-        return {}
-    _expr.parse_partition_format(partition_format)  # a bad format fails now, not at the first read
-    return {"partition_format": partition_format}
-
-
-def _tabular_options(fmt: str, include_path: bool, set_column_types, partition_format: str | None, **more) -> dict:
-    options = {"format": fmt, "include_path": bool(include_path), **more, **_partition_option(partition_format)}
-    if set_column_types:
-        options["column_types"] = {str(c): _expr.type_name(t) for c, t in dict(set_column_types).items()}
-    return options
-
-
 class _FileFactory:
     @staticmethod
     def from_files(path, validate: bool = True, partition_format: str | None = None,
                    is_file: bool = False) -> FileDataset:
-        return _validated(FileDataset(_paths(path), _partition_option(partition_format)), "Dataset.File.from_files",
+        return _validated(FileDataset(_paths(path), partition_option(partition_format)), "Dataset.File.from_files",
                           validate)
 
 
@@ -590,7 +558,7 @@ class _TabularFactory:
         if encoding.lower().replace("-", "") not in ("utf8", "ascii"):
             raise UserErrorException(f"from_delimited_files: encoding {encoding!r} is not supported; "
                                      "convert the files to UTF-8.")
-        options = _tabular_options("delimited", include_path, set_column_types, partition_format,
+        options = tabular_options("delimited", include_path, set_column_types, partition_format,
                                    separator=separator, header=bool(header),
                                    infer_column_types=bool(infer_column_types),
                                    support_multi_line=bool(support_multi_line), empty_as_string=bool(empty_as_string))
@@ -599,7 +567,7 @@ class _TabularFactory:
     @staticmethod
     def from_parquet_files(path, validate: bool = True, include_path: bool = False,
                            set_column_types=None, partition_format: str | None = None) -> TabularDataset:
-        options = _tabular_options("parquet", include_path, set_column_types, partition_format)
+        options = tabular_options("parquet", include_path, set_column_types, partition_format)
         return _validated(TabularDataset(_paths(path), options), "Dataset.Tabular.from_parquet_files", validate)
 
 
@@ -612,8 +580,6 @@ class Dataset:
 
     @staticmethod
     def get_by_name(workspace, name: str, version: int | str = "latest") -> _Dataset:
-        import difflib
-
         versions = _versions(workspace, name)
         if not versions:
             known = sorted({b.dataset_name for b in _all_versions(workspace)})
@@ -642,3 +608,9 @@ class Dataset:
         for b in _all_versions(workspace):
             latest[b.dataset_name] = b
         return {n: _from_block(b, workspace) for n, b in latest.items()}
+
+
+@workspace.collection("datasets")
+def _datasets(ws) -> dict[str, _Dataset]:
+    """`ws.datasets`: the latest version of every registered dataset, by name."""
+    return Dataset.get_all(ws)

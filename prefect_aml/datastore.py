@@ -11,6 +11,9 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prefect.exceptions import ObjectNotFound
+
+from prefect_aml.blocks import saved_blocks
 from prefect_aml.blocks.datastores import (
     DATASTORE_BLOCK_TYPES,
     AzureBlobDatastore,
@@ -18,22 +21,17 @@ from prefect_aml.blocks.datastores import (
     DatastoreBlock,
     LocalDatastore,
     S3Datastore,
-    block_name_for,
 )
 from prefect_aml.exceptions import DatastoreException
+from prefect_aml.names import BUILTIN_DATASTORES, block_name_for
 
 if TYPE_CHECKING:
     from prefect_aml.workspace import Workspace
 
 
-def _list_datastores(workspace: Workspace) -> list[DatastoreBlock]:
-    from prefect.client.orchestration import get_client
-
-    from prefect_aml.blocks import saved_blocks
-
-    workspace._activate()
+def list_datastores(workspace: Workspace) -> list[DatastoreBlock]:
     found: list[DatastoreBlock] = []
-    with get_client(sync_client=True) as client:
+    with workspace.client() as client:
         for block_cls in DATASTORE_BLOCK_TYPES:
             for block in saved_blocks(client, block_cls):
                 block._workspace = workspace
@@ -42,12 +40,8 @@ def _list_datastores(workspace: Workspace) -> list[DatastoreBlock]:
 
 
 def _load(workspace: Workspace, name: str) -> DatastoreBlock | None:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    workspace._activate()
     block_name = block_name_for(name)
-    with get_client(sync_client=True) as client:
+    with workspace.client() as client:
         for block_cls in DATASTORE_BLOCK_TYPES:
             try:
                 doc = client.read_block_document_by_name(block_name, block_cls.get_block_type_slug())
@@ -57,6 +51,11 @@ def _load(workspace: Workspace, name: str) -> DatastoreBlock | None:
             block._workspace = workspace
             return block
     return None
+
+
+def ensure_builtin_datastores(workspace: Workspace) -> None:
+    for name in BUILTIN_DATASTORES:
+        _ensure_builtin(workspace, name)
 
 
 def _ensure_builtin(workspace: Workspace, name: str) -> DatastoreBlock:
@@ -70,7 +69,6 @@ def _ensure_builtin(workspace: Workspace, name: str) -> DatastoreBlock:
 
 
 def _save(workspace: Workspace, block: DatastoreBlock, overwrite: bool) -> DatastoreBlock:
-    workspace._activate()
     existing = _load(workspace, block.datastore_name)
     if existing is not None:
         if not overwrite:
@@ -80,7 +78,8 @@ def _save(workspace: Workspace, block: DatastoreBlock, overwrite: bool) -> Datas
             )
         if type(existing) is not type(block):
             existing.unregister()
-    block.save(block_name_for(block.datastore_name), overwrite=True, _sync=True)
+    with workspace.prefect():
+        block.save(block_name_for(block.datastore_name), overwrite=True, _sync=True)
     block._workspace = workspace
     return block
 
@@ -115,13 +114,11 @@ class Datastore:
 
     @staticmethod
     def get(workspace: Workspace, datastore_name: str) -> DatastoreBlock:
-        from prefect_aml.workspace import BUILTIN_DATASTORES
-
         if datastore_name in BUILTIN_DATASTORES:
             return _ensure_builtin(workspace, datastore_name)
         block = _load(workspace, datastore_name)
         if block is None:
-            known = sorted({*(d.datastore_name for d in _list_datastores(workspace)), *BUILTIN_DATASTORES})
+            known = sorted({*(d.datastore_name for d in list_datastores(workspace)), *BUILTIN_DATASTORES})
             close = difflib.get_close_matches(datastore_name, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else f" Registered datastores: {known}."
             raise DatastoreException(

@@ -22,6 +22,7 @@ resolve to the worker's own Python environment, with a one-time warning.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import re
@@ -29,6 +30,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from prefect_aml.blocks import saved_blocks
+from prefect_aml.blocks.computes import EnvironmentVersion, environment_block_name
 from prefect_aml.exceptions import UserErrorException
 
 if TYPE_CHECKING:
@@ -83,8 +88,6 @@ class CondaDependencies:
         self.python_version = version
 
     def _read_file(self, path: str) -> None:
-        import yaml
-
         file = Path(path)
         if not file.is_file():
             raise EnvironmentException(f"Conda specification {path!r} does not exist: give the path of a YAML file.")
@@ -110,8 +113,6 @@ class CondaDependencies:
         deps: list[Any] = ([f"python={self.python_version}"] if self.python_version else []) + self.conda_packages
         if self.pip_packages:
             deps.append({"pip": list(self.pip_packages)})
-        import yaml
-
         return yaml.safe_dump({"name": "project_environment", "channels": self.channels or ["conda-forge"],
                                "dependencies": deps}, sort_keys=False)
 
@@ -216,16 +217,15 @@ class Environment:
     # -- registry (one block per name and version)
     def register(self, workspace: Workspace) -> Environment:
         """Register this definition; a changed definition gets the next version, an unchanged one keeps its own."""
-        from prefect_aml.blocks.computes import EnvironmentVersion, environment_block_name
-
         existing = _versions(workspace, self.name)
         definition = self._definition()
         for block in existing:
             if block.definition == definition:
                 return Environment._from_definition(definition, str(block.version))
         version = 1 + max((b.version for b in existing), default=0)
-        EnvironmentVersion(environment_name=self.name, version=version, definition=definition).save(
-            environment_block_name(self.name, version), _sync=True)
+        with workspace.prefect():
+            EnvironmentVersion(environment_name=self.name, version=version, definition=definition).save(
+                environment_block_name(self.name, version), _sync=True)
         return Environment._from_definition(definition, str(version))
 
     @staticmethod
@@ -249,8 +249,6 @@ class Environment:
             env._curated_fallback = True
             return env
         known = sorted({b.environment_name for b in Environment._all_blocks(workspace)})
-        import difflib
-
         near = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else (f" Registered: {known}." if known else "")
         raise EnvironmentException(
@@ -268,13 +266,7 @@ class Environment:
 
     @staticmethod
     def _all_blocks(workspace: Workspace) -> list:
-        from prefect.client.orchestration import get_client
-
-        from prefect_aml.blocks import saved_blocks
-        from prefect_aml.blocks.computes import EnvironmentVersion
-
-        workspace._activate()
-        with get_client(sync_client=True) as client:
+        with workspace.client() as client:
             return saved_blocks(client, EnvironmentVersion)
 
     def get_image_details(self, workspace=None) -> dict[str, Any]:
@@ -324,15 +316,6 @@ class RunConfiguration:
     def __repr__(self) -> str:
         target = getattr(self.target, "name", self.target)
         return f"RunConfiguration(target={target!r}, environment={self.environment.name!r})"
-
-
-def environment_definition(runconfig: Any) -> dict[str, Any]:
-    """The serialisable environment of a step's runconfig (empty variables when there is none)."""
-    env = getattr(runconfig, "environment", None)
-    if isinstance(env, Environment):
-        return env._definition()
-    variables = getattr(env, "environment_variables", None) or {}
-    return {"name": getattr(env, "name", None), "variables": {str(k): str(v) for k, v in variables.items()}}
 
 
 class ScriptRunConfig:

@@ -45,3 +45,7 @@ class ActivityFailedException(AzureMLException):
 
 class DatasetChangedError(UserErrorException):
     """The files behind a registered dataset version changed since it was registered."""
+
+
+class PublishedPipelineDisabledError(UserErrorException):
+    """A run of a disabled published pipeline (or of an archived endpoint) was asked for."""

@@ -8,7 +8,6 @@ script, `Run.get_context()` is the step's run; outside a pipeline it is an offli
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -17,27 +16,34 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterTags
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Cancelling
+from rich.console import Console
+from rich.table import Table
+
+from prefect_aml import _runctx, workspace
+from prefect_aml.blocks.published import run_info
+from prefect_aml.dataset import _Dataset
+from prefect_aml.datastore import Datastore
 from prefect_aml.exceptions import ActivityFailedException, UserErrorException
-
-EXPERIMENT_TAG = "experiment:"
-
-_STATUS = {
-    "SCHEDULED": "NotStarted", "PENDING": "Queued", "RUNNING": "Running", "COMPLETED": "Finished",
-    "FAILED": "Failed", "CRASHED": "Failed", "CANCELLED": "Canceled", "CANCELLING": "Canceling", "PAUSED": "Paused",
-}
-TERMINAL = {"Finished", "Failed", "Canceled"}
-
-
-def _status(state) -> str:
-    if state is None:
-        return "NotStarted"
-    return _STATUS.get(state.type.value, state.type.value.title())
-
-
-def _client():
-    from prefect.client.orchestration import get_client
-
-    return get_client(sync_client=True)
+from prefect_aml.flows.events import RunEvents
+from prefect_aml.names import (
+    EXPERIMENT_TAG,
+    PIPELINE_TAG,
+    RECORD_FILE,
+    RUNS_PREFIX,
+    experiment_of,
+    reused_path,
+    run_dir,
+    user_tags,
+)
+from prefect_aml.pipeline import port
+from prefect_aml.records import load_spec, read_json
+from prefect_aml.runview import TERMINAL, html_table, step_html
+from prefect_aml.runview import status_of as _status
+from prefect_aml.workspace import Workspace
 
 
 class Experiment:
@@ -60,31 +66,19 @@ class Experiment:
         """Run a `Pipeline`; returns its `PipelineRun` as soon as the run is created.
 
         The pipeline flow runs in a background process here, or, with `pipeline_compute` (an
-        `AmlCompute`/`DockerCompute` or its name), on a worker of that compute."""
-        from prefect_aml.deployments.endpoint import PipelineEndpoint
-        from prefect_aml.deployments.published import PublishedPipeline
-        from prefect_aml.pipeline.pipeline import Pipeline
-
-        if isinstance(config, PublishedPipeline):
-            return config.submit(self.workspace, self.name, pipeline_parameters, tags=tags)
-        if isinstance(config, PipelineEndpoint):
-            return config.submit(self.name, pipeline_parameters, pipeline_version=kwargs.get("pipeline_version"),
-                                 tags=tags)
-        if not isinstance(config, Pipeline):
+        `AmlCompute`/`DockerCompute` or its name), on a worker of that compute. The object submitted says how
+        it runs (`_submit_to`), as Azure ML's run configurations do."""
+        submit_to = getattr(config, "_submit_to", None)
+        if submit_to is None:
             raise UserErrorException(f"Experiment.submit: cannot submit {config!r}; pass a Pipeline, a "
                                      "PublishedPipeline or a PipelineEndpoint.")
-        from prefect_aml.flows.submit import submit_pipeline
-
-        return submit_pipeline(self, config, pipeline_parameters, tags or {}, regenerate_outputs,
-                               continue_on_step_failure, pipeline_compute=pipeline_compute)
+        return submit_to(self, pipeline_parameters=pipeline_parameters, tags=tags,
+                         regenerate_outputs=regenerate_outputs, continue_on_step_failure=continue_on_step_failure,
+                         pipeline_compute=pipeline_compute, **kwargs)
 
     def get_runs(self, type=None, tags=None, properties=None, include_children: bool = False):
         """The experiment's pipeline runs, newest first."""
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-        from prefect.client.schemas.sorting import FlowRunSort
-
-        self.workspace._activate()
-        with _client() as client:
+        with self.workspace.client() as client:
             runs = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[EXPERIMENT_TAG + self.name])),
                 sort=FlowRunSort.START_TIME_DESC,
@@ -94,11 +88,8 @@ class Experiment:
 
     @staticmethod
     def _list_names(workspace) -> list[str]:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-
-        workspace._activate()
-        with _client() as client:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["aml-pipeline"])))
+        with workspace.client() as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[PIPELINE_TAG])))
         return sorted({t[len(EXPERIMENT_TAG):] for r in runs for t in r.tags if t.startswith(EXPERIMENT_TAG)})
 
 
@@ -112,19 +103,16 @@ class PipelineRun:
         self.experiment = experiment
         self.id = self.run_id = str(run_id)
         self._flow_run = _flow_run
-        self._runner = _runner  # the runner process, when this process started it (flows/submit.py::LocalRunner)
+        self._runner = _runner  # the runner process, when this process started it (flows/launch.py::LocalRunner)
 
     @staticmethod
     def get(workspace, run_id: str) -> PipelineRun:
-        workspace._activate()
-        from prefect.exceptions import ObjectNotFound
-
         try:
-            with _client() as client:
+            with workspace.client() as client:
                 fr = client.read_flow_run(UUID(str(run_id)))
         except (ObjectNotFound, ValueError):
             raise UserErrorException(f"Pipeline run {run_id!r} was not found in workspace {workspace.name!r}.") from None
-        name = next((t[len(EXPERIMENT_TAG):] for t in fr.tags if t.startswith(EXPERIMENT_TAG)), "default")
+        name = experiment_of(fr.tags) or "default"
         return PipelineRun(Experiment(workspace, name), str(fr.id), _flow_run=fr)
 
     def __repr__(self) -> str:
@@ -132,7 +120,7 @@ class PipelineRun:
 
     # -- Prefect state
     def _refresh(self, client=None):
-        with nullcontext(client) if client is not None else _client() as c:
+        with nullcontext(client) if client is not None else self.experiment.workspace.client() as c:
             self._flow_run = c.read_flow_run(UUID(self.id))
         return self._flow_run
 
@@ -143,27 +131,20 @@ class PipelineRun:
         if "spec_path" in params:
             return params
         if getattr(self, "_published_info", None) is None:
-            from prefect_aml.deployments.published import run_info
-
-            self._published_info = run_info(self._flow_run)
+            self._published_info = run_info(self.experiment.workspace, self._flow_run)
             if self._published_info is None:
                 raise UserErrorException(f"Run {self.id} is not a pipeline run of workspace "
                                          f"{self.experiment.workspace.name!r} (or its published pipeline was deleted).")
         return self._published_info
 
     def _repr_html_(self) -> str:
-        from prefect_aml.widgets import html_table
-
         return html_table(self)
 
     def publish_pipeline(self, name: str, description: str | None = None, version: str | None = None,
                          continue_on_step_failure: bool | None = None, **kwargs):
         """Publish the pipeline this run ran (its stored spec), as `Pipeline.publish` would."""
-        from prefect_aml.deployments.published import publish_spec
-
-        return publish_spec(self.experiment.workspace, self._parameters["spec_path"],
-                            self._parameters["default_datastore"], name, description, version,
-                            continue_on_step_failure, kwargs.get("pipeline_compute"), _from_run=self.id)
+        return port.verbs().publish_run(self, name, description, version, continue_on_step_failure,
+                                        kwargs.get("pipeline_compute"))
 
     def get_status(self) -> str:
         return _status(self._refresh().state)
@@ -180,15 +161,11 @@ class PipelineRun:
         return self.get_portal_url()
 
     def _default_store(self):
-        from prefect_aml.datastore import Datastore
-
         return Datastore.get(self.experiment.workspace, self._parameters["default_datastore"])
 
     def wait_for_completion(self, show_output: bool = True, timeout_seconds: float = sys.maxsize,
                             raise_on_error: bool = True) -> str:
         """Block until the run ends; prints step status changes and a final table when `show_output`."""
-        from prefect_aml.flows.events import RunEvents
-
         started = time.monotonic()
         deadline = started + timeout_seconds
         seen: dict[str, str] = {}
@@ -196,7 +173,8 @@ class PipelineRun:
         runner = self._runner
         # a run this process did not start (found with PipelineRun.get, or run by a worker): its state changes
         # come on the events stream, subscribed to before its status is first read
-        events = RunEvents(self.id) if runner is None else None
+        with self.experiment.workspace.prefect():  # the stream's thread talks to the workspace's API
+            events = RunEvents(self.id) if runner is None else None
         status = self.get_status()
         if show_output:
             print(f"PipelineRunId: {self.id}\nLink to the Prefect UI: {self.get_portal_url()}")
@@ -209,7 +187,8 @@ class PipelineRun:
                     seen[step.name] = st
                     print(f"  step {step.name}: {st}")
 
-        with _client() as client, events or nullcontext():  # one connection for all the questions
+        ws = self.experiment.workspace
+        with ws.client() as client, events or nullcontext():  # one connection for all the questions
             while status not in TERMINAL:
                 now = time.monotonic()
                 if now > deadline:
@@ -244,9 +223,6 @@ class PipelineRun:
         return status
 
     def _print_table(self) -> None:
-        from rich.console import Console
-        from rich.table import Table
-
         table = Table(title=f"Pipeline run {self.id} ({self.experiment.name})")
         for col in ("step", "status", "duration", "reused"):
             table.add_column(col)
@@ -259,9 +235,7 @@ class PipelineRun:
 
     def cancel(self) -> None:
         """Ask for cancellation; the runner stops the step processes and marks the run Canceled."""
-        from prefect.states import Cancelled, Cancelling
-
-        with _client() as client:
+        with self.experiment.workspace.client() as client:
             fr = client.read_flow_run(UUID(self.id))
             if _status(fr.state) in TERMINAL:
                 return
@@ -272,20 +246,15 @@ class PipelineRun:
 
     # -- steps
     def _task_runs(self) -> list:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-        with _client() as client:
+        with self.experiment.workspace.client() as client:
             return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(self.id)])))
 
     def _recorded_steps(self) -> set[str]:
-        from prefect_aml.tasks.reuse import read_json
-        from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX
-
         store = self._default_store()
         fs = store.filesystem()
         base = fs._strip_protocol(store.full_path(f"{RUNS_PREFIX}/{self.id}")).rstrip("/")
-        steps = {p[len(base) + 1:].split("/")[0] for p in fs.glob(f"{base}/*/record.json")}
-        return steps | set(read_json(store, f"{RUNS_PREFIX}/{self.id}/{REUSED_FILE}") or {})
+        steps = {p[len(base) + 1:].split("/")[0] for p in fs.glob(f"{base}/*/{RECORD_FILE}")}
+        return steps | set(read_json(store, reused_path(self.id)) or {})
 
     def get_steps(self) -> list[StepRun]:
         trs = self._task_runs()
@@ -316,15 +285,10 @@ class PipelineRun:
         return out
 
     def get_tags(self) -> dict:
-        tags = (self._flow_run or self._refresh()).tags
-        return dict(t.split(":", 1) if ":" in t else (t, "") for t in tags
-                    if not t.startswith((EXPERIMENT_TAG, "aml-published:", "aml-endpoint:"))
-                    and t not in ("aml-pipeline", "auto-scheduled"))
+        return user_tags((self._flow_run or self._refresh()).tags)
 
     def get_details(self) -> dict:
         fr = self._refresh()
-        from prefect_aml.flows.submit import load_spec
-
         spec = load_spec(self._default_store(), self._parameters["spec_path"]).model_dump()
         return {
             "runId": self.id, "experiment": self.experiment.name, "status": _status(fr.state),
@@ -351,23 +315,10 @@ class StepRun:
         return f"StepRun(name={self.name!r}, id={self.id!r}, status={self.get_status()!r})"
 
     def _repr_html_(self) -> str:
-        import html
-
-        from prefect_aml.widgets import _COLORS, _duration
-
-        status = self.get_status()
-        tr = self._task_run
-        link = f"{self.pipeline_run.experiment.workspace.ui_url}/runs/task-run/{self.id}"
-        outs = ", ".join(html.escape(n) for n in self._load_record().get("outputs", {}))
-        return (f"<table><tr><th>Step</th><td>{html.escape(self.name)}</td></tr><tr><th>Status</th><td style="
-                f"\"color:{_COLORS.get(status, '#000')}\"><b>{html.escape(status)}</b></td></tr><tr><th>Duration</th>"
-                f"<td>{_duration(tr.start_time, tr.end_time)}</td></tr><tr><th>Reused</th><td>"
-                f"{'yes' if self.reused else 'no'}</td></tr><tr><th>Outputs</th><td>{outs}</td></tr><tr><th>Pipeline "
-                f"run</th><td>{html.escape(self.pipeline_run.id)}</td></tr><tr><th>Prefect UI</th><td><a href=\""
-                f"{html.escape(link)}\" target=\"_blank\">open</a></td></tr></table>")
+        return step_html(self)
 
     def _refresh(self):
-        with _client() as client:
+        with self.pipeline_run.experiment.workspace.client() as client:
             self._task_run = client.read_task_run(UUID(self.id))
         return self._task_run
 
@@ -386,15 +337,11 @@ class StepRun:
         return self.get_status()
 
     def _load_record(self) -> dict:
-        from prefect_aml.tasks.reuse import read_json
-        from prefect_aml.tasks.step import REUSED_FILE, RUNS_PREFIX
-
         if self._record is None or self._record.get("status") not in TERMINAL:
             store = self.pipeline_run._default_store()
-            base = f"{RUNS_PREFIX}/{self.pipeline_run.id}"
-            self._record = read_json(store, f"{base}/{self.name}/record.json")
+            self._record = read_json(store, f"{run_dir(self.pipeline_run.id, self.name)}/{RECORD_FILE}")
             if self._record is None:  # reused steps are recorded together
-                self._record = (read_json(store, f"{base}/{REUSED_FILE}") or {}).get(self.name, {})
+                self._record = (read_json(store, reused_path(self.pipeline_run.id)) or {}).get(self.name, {})
         return self._record
 
     @property
@@ -436,8 +383,6 @@ class StepRun:
         log = self._load_record().get("log")
         if not log:
             return ""
-        from prefect_aml.datastore import Datastore
-
         store = Datastore.get(self.pipeline_run.experiment.workspace, log["datastore"])
         with store.filesystem().open(store.full_path(log["path"]), "rb") as f:
             return f.read().decode(errors="replace")
@@ -447,18 +392,14 @@ class StepRun:
 
     def get_file_names(self) -> list[str]:
         store = self.pipeline_run._default_store()
-        from prefect_aml.tasks.step import RUNS_PREFIX
-
-        base = store.full_path(f"{RUNS_PREFIX}/{self.pipeline_run.id}/{self.name}")
+        base = store.full_path(run_dir(self.pipeline_run.id, self.name))
         fs = store.filesystem()
         return sorted(p[len(fs._strip_protocol(base)) + 1:] for p in fs.find(base))
 
     def download_file(self, name: str, output_file_path: str | None = None) -> str:
         store = self.pipeline_run._default_store()
-        from prefect_aml.tasks.step import RUNS_PREFIX
-
         target = output_file_path or os.path.basename(name)
-        store.filesystem().get(store.full_path(f"{RUNS_PREFIX}/{self.pipeline_run.id}/{self.name}/{name}"), target)
+        store.filesystem().get(store.full_path(f"{run_dir(self.pipeline_run.id, self.name)}/{name}"), target)
         return target
 
 
@@ -473,8 +414,6 @@ class PortDataReference:
 
     @property
     def datastore(self):
-        from prefect_aml.datastore import Datastore
-
         return Datastore.get(self.step_run.pipeline_run.experiment.workspace, self.datastore_name)
 
     def download(self, local_path: str | os.PathLike, overwrite: bool = False, show_progress: bool = True) -> str:
@@ -497,9 +436,9 @@ class Run:
 
     @classmethod
     def get_context(cls, allow_offline: bool = True, **_kw) -> Run:
-        path = os.environ.get("AZUREML_RUN_CONTEXT")
-        if path and os.path.exists(path):
-            return cls(json.loads(Path(path).read_text()))
+        ctx = _runctx.load()
+        if ctx is not None:
+            return cls(ctx)
         if not allow_offline:
             raise UserErrorException("Run.get_context(allow_offline=False) called outside a pipeline step.")
         return cls(None)
@@ -520,9 +459,6 @@ class Run:
         out: dict[str, Any] = {}
         for name, value in self._ctx["input_datasets"].items():
             if isinstance(value, dict) and "dataset" in value:
-                from prefect_aml.dataset import _Dataset
-                from prefect_aml.datastore import Datastore
-
                 ws = self.experiment.workspace
                 default = self._ctx["default_datastore"]
                 value = _Dataset._from_definition(value["dataset"], lambda n, ws=ws, d=default: Datastore.get(ws, n or d))
@@ -535,8 +471,6 @@ class Run:
 
     @property
     def experiment(self) -> Experiment:
-        from prefect_aml.workspace import Workspace
-
         if not self._ctx:
             return Experiment(Workspace.from_config(), "offline")
         return Experiment(Workspace(**self._ctx["workspace"]), self._ctx["experiment_name"])
@@ -556,8 +490,7 @@ class Run:
         if self._ctx is None:
             print(f"[offline run] {kind} {name} = {value!r}")
             return
-        with open(self._dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"name": name, "kind": kind, "value": value}, default=str) + "\n")
+        _runctx.emit(self._dir, name, kind, value)
 
     def log(self, name: str, value: Any, description: str = "", step=None) -> None:
         self._emit(name, "scalar", value)
@@ -573,7 +506,7 @@ class Run:
 
     def log_image(self, name: str, path: str | None = None, plot=None, description: str = "") -> None:
         if plot is not None:
-            target = (self._dir / "artifacts" if self._dir else Path.cwd()) / f"{name}.png"
+            target = (self._dir / _runctx.ARTIFACTS_DIR if self._dir else Path.cwd()) / f"{name}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             plot.savefig(target)
             path = str(target)
@@ -585,7 +518,7 @@ class Run:
         if self._dir is None:
             print(f"[offline run] upload_file {name}")
             return
-        target = self._dir / "artifacts" / name
+        target = self._dir / _runctx.ARTIFACTS_DIR / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(path_or_stream, (str, os.PathLike)):
             target.write_bytes(Path(path_or_stream).read_bytes())
@@ -599,10 +532,13 @@ class Run:
         if self._dir is None:
             print(f"[offline run] tags {tags}")
             return
-        f = self._dir / "tags.json"
-        current = json.loads(f.read_text()) if f.exists() else {}
-        current.update({str(k): (None if v is None else str(v)) for k, v in tags.items()})
-        f.write_text(json.dumps(current))
+        _runctx.set_tags(self._dir, tags)
 
     def complete(self) -> None:
         """Kept for Azure ML code: a step's run completes when its script exits."""
+
+
+@workspace.collection("experiments")
+def _experiments(ws) -> dict[str, Experiment]:
+    """`ws.experiments`: every experiment with a pipeline run in the workspace, by name."""
+    return {name: Experiment(ws, name) for name in Experiment._list_names(ws)}

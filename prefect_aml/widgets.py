@@ -13,82 +13,22 @@ as HTML in notebooks too (`_repr_html_`).
 
 from __future__ import annotations
 
-import html
+import contextvars
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from prefect_aml.runs import TERMINAL, PipelineRun, StepRun, _status
+from rich.console import Console
+from rich.live import Live
 
-_COLORS = {"Finished": "#2e7d32", "Failed": "#c62828", "Canceled": "#6d4c41", "Running": "#1565c0",
-           "Queued": "#757575", "NotStarted": "#9e9e9e"}
-
-
-def _duration(start, end) -> str:
-    if start is None:
-        return ""
-    seconds = ((end or datetime.now(UTC)) - start).total_seconds()
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def step_rows(run: PipelineRun) -> list[dict[str, Any]]:
-    """One row per step of the run, in the order they started; steps not started yet come last."""
-    from prefect_aml.flows.submit import load_spec
-
-    ui = run.experiment.workspace.ui_url
-    rows = []
-    seen = set()
-    task_runs = sorted(run._task_runs(), key=lambda t: (t.start_time or t.expected_start_time or t.created))
-    for tr in task_runs:
-        seen.add(tr.name)
-        state = tr.state
-        rows.append({"step": tr.name, "status": _status(state), "duration": _duration(tr.start_time, tr.end_time),
-                     "reused": bool(state is not None and state.name == "Cached"),
-                     "link": f"{ui}/runs/task-run/{tr.id}"})
-    try:
-        names = load_spec(run._default_store(), run._parameters["spec_path"]).order()
-    except Exception:  # the run is not readable yet: show what there is
-        names = []
-    rows += [{"step": n, "status": "NotStarted", "duration": "", "reused": False, "link": ""}
-             for n in names if n not in seen]
-    return rows
-
-
-def html_table(run: PipelineRun, rows: list[dict[str, Any]] | None = None, status: str | None = None) -> str:
-    rows = step_rows(run) if rows is None else rows
-    status = status or run.get_status()
-    cells = []
-    for r in rows:
-        color = _COLORS.get(r["status"], "#000")
-        link = f'<a href="{html.escape(r["link"])}" target="_blank">open</a>' if r["link"] else ""
-        cells.append(f"<tr><td>{html.escape(r['step'])}</td><td style=\"color:{color}\"><b>"
-                     f"{html.escape(r['status'])}</b></td><td>{r['duration']}</td>"
-                     f"<td>{'yes' if r['reused'] else 'no'}</td><td>{link}</td></tr>")
-    head = (f'<p><b>Pipeline run</b> <a href="{html.escape(run.get_portal_url())}" target="_blank">'
-            f"{html.escape(run.id)}</a> · experiment <code>{html.escape(run.experiment.name)}</code> · "
-            f"status <b style=\"color:{_COLORS.get(status, '#000')}\">{html.escape(status)}</b></p>")
-    return (head + '<table class="prefect-aml-run-details"><thead><tr><th>Step</th><th>Status</th>'
-            "<th>Duration</th><th>Reused</th><th>Prefect UI</th></tr></thead><tbody>" + "".join(cells)
-            + "</tbody></table>")
-
-
-def rich_table(run: PipelineRun, rows: list[dict[str, Any]] | None = None, status: str | None = None):
-    from rich.table import Table
-
-    rows = step_rows(run) if rows is None else rows
-    table = Table(title=f"Pipeline run {run.id} ({run.experiment.name}): {status or run.get_status()}")
-    for col in ("Step", "Status", "Duration", "Reused", "Prefect UI"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["step"], f"[{_COLORS.get(r['status'], 'white')}]{r['status']}", r["duration"],
-                      "yes" if r["reused"] else "no", r["link"])
-    return table
+from prefect_aml.exceptions import UserErrorException
+from prefect_aml.runs import PipelineRun, StepRun
+from prefect_aml.runview import TERMINAL, html_table, rich_table, step_rows
 
 
 def _in_notebook() -> bool:
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # IPython only where it is installed (a notebook's kernel)
     except ImportError:
         return False
     shell = get_ipython()
@@ -102,8 +42,6 @@ class RunDetails:
         if isinstance(run_instance, StepRun):
             run_instance = run_instance.pipeline_run
         if not isinstance(run_instance, PipelineRun):
-            from prefect_aml.exceptions import UserErrorException
-
             raise UserErrorException(f"RunDetails takes a PipelineRun (or a StepRun), got {run_instance!r}.")
         self.run_instance = run_instance
         self._thread: threading.Thread | None = None
@@ -120,7 +58,7 @@ class RunDetails:
         In a notebook the updates happen in the background (the cell returns at once; `wait=True`
         blocks instead); in a terminal it blocks until the run ends (`wait=False` prints it once)."""
         if _in_notebook():
-            from IPython.display import HTML, display
+            from IPython.display import HTML, display  # in a notebook, IPython is there
 
             handle = display(HTML(html_table(self.run_instance)), display_id=True)
 
@@ -135,12 +73,11 @@ class RunDetails:
             if wait:
                 follow()
             else:
-                self._thread = threading.Thread(target=follow, daemon=True, name="prefect-aml-run-details")
+                # with this context: a workspace's Prefect settings reach the thread's reads
+                self._thread = threading.Thread(target=contextvars.copy_context().run, args=(follow,), daemon=True,
+                                                name="prefect-aml-run-details")
                 self._thread.start()
             return
-        from rich.console import Console
-        from rich.live import Live
-
         console = Console()
         if wait is False:
             console.print(rich_table(self.run_instance))

@@ -1,9 +1,12 @@
 """Workspace: where the Prefect API is and the workspace defaults (default datastore, local home).
 
 A workspace is read from ``.azureml/config.json`` or ``config.json`` (``Workspace.from_config()``
-walks up from the current folder, as Azure ML does). ``PREFECT_API_URL``, when set (in the
-environment or the active Prefect profile), wins; otherwise the file's ``prefect_api_url``; and
-with neither, the embedded default: a local Prefect server on SQLite under ``PREFECT_AML_HOME``.
+walks up from the current folder, as Azure ML does). Which Prefect API a call talks to is decided
+here, in `Workspace.api_url()`, and nowhere else: ``PREFECT_API_URL`` (the environment or the active
+Prefect profile) wins; otherwise the file's ``prefect_api_url``; and with neither, the embedded default,
+a local Prefect server on SQLite under ``PREFECT_AML_HOME`` (started on first use). Everything that
+talks to Prefect does it through `ws.client()` or inside `with ws.prefect():` (a Prefect settings
+context), so the process's environment is never rewritten.
 
     {"workspace_name": "ml", "prefect_api_url": "http://127.0.0.1:4200/api",
      "default_datastore": "workspaceblobstore"}
@@ -13,18 +16,41 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import prefect.context
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.settings import PREFECT_API_URL, get_current_settings
+from prefect.variables import Variable
+
+from prefect_aml import _embedded
 from prefect_aml._home import aml_home
+from prefect_aml.compute import list_compute_targets
+from prefect_aml.datastore import Datastore, ensure_builtin_datastores, list_datastores
+from prefect_aml.environment import Environment
 from prefect_aml.exceptions import UserErrorException
 
 _DEFAULT_VARIABLE = "aml_default_datastore"
-BUILTIN_DATASTORES = ("workspaceblobstore", "workspacefilestore")
 _CONFIG_KEYS = ("subscription_id", "resource_group", "workspace_name", "location",
                 "prefect_api_url", "default_datastore", "home", "redis_url")
-_activated_url: str | None = None  # the PREFECT_API_URL this process set itself (not the user's)
+_HEALTHY_FOR_S = 30.0  # an embedded server seen answering is not asked again for this long
+_healthy: dict[str, float] = {}
+_settings: dict[tuple[int, str], Any] = {}  # (global settings, API URL) -> Prefect settings for that API
+# collections of objects that live above this module (datasets, experiments): each registers its own
+_COLLECTIONS: dict[str, Callable[[Workspace], dict[str, Any]]] = {}
+
+
+def collection(name: str):
+    """Register the function behind `ws.<name>` (a dict of objects by name) from the module that owns them."""
+    def register(fn: Callable[[Workspace], dict[str, Any]]):
+        _COLLECTIONS[name] = fn
+        return fn
+    return register
 
 
 class Workspace:
@@ -113,100 +139,90 @@ class Workspace:
         return self._home or aml_home()
 
     def __repr__(self) -> str:
-        return f"Workspace.create(name={self._name!r}, prefect_api_url={self.api_url_or_default()!r})"
+        return f"Workspace.create(name={self._name!r}, prefect_api_url={self.prefect_api_url!r})"
 
-    def api_url_or_default(self) -> str:
-        from prefect.settings import get_current_settings
-
-        from prefect_aml import _embedded
-
-        current = get_current_settings().api.url
-        if current and current != _activated_url:
-            return current
-        return self.prefect_api_url or _embedded.server_url()
-
-    # -- the Prefect API
-    def _activate(self) -> str:
-        """Make this process's Prefect client talk to the workspace's API; start the embedded one if needed."""
-        global _activated_url
-        from prefect.context import refresh_global_settings_context
-        from prefect.settings import get_current_settings
-
-        current = get_current_settings().api.url
-        if current and current != _activated_url:
-            return current  # the user's PREFECT_API_URL / profile wins
+    # -- the Prefect API: the one place that decides which one a call talks to
+    def api_url(self) -> str:
+        """The Prefect API this workspace's calls talk to: the process's own PREFECT_API_URL (environment or
+        profile) wins, then the workspace's `prefect_api_url`, then the embedded server (started if needed)."""
+        own = prefect.context.GLOBAL_SETTINGS_CONTEXT.settings.api.url
+        if own:
+            return own
         if self.prefect_api_url:
-            url = self.prefect_api_url
-        else:
-            from prefect_aml import _embedded
-
+            return self.prefect_api_url
+        url = _embedded.server_url()
+        if time.monotonic() - _healthy.get(url, -_HEALTHY_FOR_S) >= _HEALTHY_FOR_S:
             url = _embedded.ensure_server(self.home)
-        if url != current:
-            os.environ["PREFECT_API_URL"] = url
-            os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-            refresh_global_settings_context()
-            _activated_url = url
+            _healthy[url] = time.monotonic()
         return url
+
+    @contextmanager
+    def prefect(self) -> Iterator[str]:
+        """Prefect's clients, blocks and variables talk to this workspace's API inside this context."""
+        url = self.api_url()
+        if get_current_settings().api.url == url:
+            yield url
+            return
+        root = prefect.context.GLOBAL_SETTINGS_CONTEXT
+        key = (id(root.settings), url)
+        if key not in _settings:
+            _settings[key] = root.settings.copy_with_update(updates={PREFECT_API_URL: url})
+        with prefect.context.SettingsContext(profile=root.profile, settings=_settings[key]):
+            yield url
+
+    @contextmanager
+    def client(self) -> Iterator[SyncPrefectClient]:
+        """A synchronous Prefect client of this workspace's API."""
+        with self.prefect(), get_client(sync_client=True) as client:
+            yield client
+
+    def process_env(self) -> dict[str, str]:
+        """The environment for a process that works for this workspace (a runner, a worker): its API named."""
+        return {**os.environ, "PREFECT_API_URL": self.api_url(),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false")}
 
     @property
     def ui_url(self) -> str:
-        return self._activate().removesuffix("/api")
+        return self.api_url().removesuffix("/api")
 
     # -- datastores
     @property
     def datastores(self) -> dict[str, Any]:
-        from prefect_aml.datastore import _list_datastores
-
-        self._ensure_builtin_datastores()
-        return {d.name: d for d in _list_datastores(self)}
+        ensure_builtin_datastores(self)
+        return {d.name: d for d in list_datastores(self)}
 
     def get_default_datastore(self):
-        from prefect_aml.datastore import Datastore
-
         return Datastore.get(self, self._default_datastore_name())
 
     def set_default_datastore(self, name: str) -> None:
         """Make `name` the default datastore for every client of this Prefect API (a Prefect variable)."""
-        from prefect.variables import Variable
-
-        from prefect_aml.datastore import Datastore
-
         Datastore.get(self, name)  # must exist
-        Variable.set(_DEFAULT_VARIABLE, name, overwrite=True, _sync=True)
+        with self.prefect():
+            Variable.set(_DEFAULT_VARIABLE, name, overwrite=True, _sync=True)
         self._default_datastore = name
 
     def _default_datastore_name(self) -> str:
         if self._default_datastore:
             return self._default_datastore
-        from prefect.variables import Variable
+        with self.prefect():
+            return Variable.get(_DEFAULT_VARIABLE, default=None, _sync=True) or "workspaceblobstore"
 
-        self._activate()
-        return Variable.get(_DEFAULT_VARIABLE, default=None, _sync=True) or "workspaceblobstore"
-
-    def _ensure_builtin_datastores(self) -> None:
-        from prefect_aml.datastore import _ensure_builtin
-
-        for name in BUILTIN_DATASTORES:
-            _ensure_builtin(self, name)
-
-    # -- computes and environments
+    # -- computes, environments, datasets, experiments
     @property
     def compute_targets(self) -> dict[str, Any]:
-        from prefect_aml.compute import list_compute_targets
-
         return list_compute_targets(self)
 
     @property
     def environments(self) -> dict[str, Any]:
-        from prefect_aml.environment import Environment
-
         return Environment.list(self)
 
     @property
-    def experiments(self) -> dict[str, Any]:
-        from prefect_aml.runs import Experiment
+    def datasets(self) -> dict[str, Any]:
+        return _COLLECTIONS["datasets"](self)
 
-        return {name: Experiment(self, name) for name in Experiment._list_names(self)}
+    @property
+    def experiments(self) -> dict[str, Any]:
+        return _COLLECTIONS["experiments"](self)
 
 
 def _find_config(start: Path, file_name: str) -> Path | None:

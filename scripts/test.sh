@@ -10,6 +10,7 @@ if [ ! -x node_modules/.bin/azurite-blob ]; then
   npm install --no-audit --no-fund --silent >/dev/null
 fi
 .venv/bin/ruff check prefect_aml tests examples benchmarks
+.venv/bin/lint-imports  # the layering of docs/architecture.md (contracts in pyproject.toml)
 # the DockerCompute tests need an engine; they fail (not skip) when it could not be started
 export PREFECT_AML_REQUIRE_DOCKER=1
 bash scripts/docker.sh || echo "warning: no Docker engine; the DockerCompute tests will fail" >&2

@@ -1,6 +1,6 @@
 """The code samples of the Azure ML v1 pipelines how-to this project re-builds, verbatim, in document order.
 
-tests/test_seed.py runs them through `azureml.*` imports; only Azure account values (ids, tokens, the
+tests/integration/test_seed.py runs them through `azureml.*` imports; only Azure account values (ids, tokens, the
 endpoint URL host) and internet downloads are swapped for local ones, and context the document leaves
 out (e.g. `compare_step`) is defined between samples.
 """

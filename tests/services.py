@@ -2,16 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("PREFECT_AML_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+BIN = Path(sys.executable).parent
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@functools.cache
+def state_dir() -> Path:
+    """The one temporary folder everything a test session starts lives under (made on first use)."""
+    return Path(tempfile.mkdtemp(prefix="prefect-aml-tests-"))
+
+
+@contextlib.contextmanager
+def using_server(url: str):
+    """Point this process's Prefect client at another server for a while (PREFECT_API_URL wins over a
+    workspace's own URL, so a Workspace(prefect_api_url=...) alone would not switch)."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.events.worker import EventsWorker
+
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
+    try:
+        yield
+    finally:
+        EventsWorker.drain_all(timeout=10, at_exit=False)  # send its events while that server is still up
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        refresh_global_settings_context()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def make_store(kind: str, ws, request):
+    """Register a fresh datastore of `kind` (local, s3, azure) in the test workspace."""
+    from prefect_aml import Datastore
+
+    name = unique(f"t_{kind}_")
+    if kind == "local":
+        return Datastore.register_local(ws, name, str(state_dir() / "local-stores" / name))
+    if kind == "s3":
+        endpoint = request.getfixturevalue("moto")
+        return Datastore.register_s3(ws, name, bucket_name=name.replace("_", "-"), endpoint_url=endpoint,
+                                     access_key_id="testing", secret_access_key="testing-secret-value",
+                                     create_if_not_exists=True)
+    if kind == "azure":
+        conn = request.getfixturevalue("azurite")
+        return Datastore.register_azure_blob_container(ws, name, container_name=name.replace("_", "-"),
+                                                       account_name="devstoreaccount1", connection_string=conn,
+                                                       create_if_not_exists=True)
+    raise ValueError(kind)
 
 
 def free_port() -> int:

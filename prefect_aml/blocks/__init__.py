@@ -1,4 +1,6 @@
-"""Prefect Block types kept in the server: datastores, dataset versions (and later computes, environments)."""
+"""Prefect Block types kept in the server: datastores, dataset versions, computes, environments, published pipelines."""
+
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from prefect_aml.blocks.datastores import (
     DATASTORE_BLOCK_TYPES,
@@ -22,8 +24,6 @@ __all__ = [
 
 def saved_blocks(client, block_cls) -> list:
     """Every saved block of `block_cls` (none while its type has never been registered)."""
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-
     try:
         docs = client.read_block_documents_by_type(block_cls.get_block_type_slug())
     except (ObjectNotFound, PrefectHTTPStatusError) as err:

@@ -13,8 +13,6 @@ them in clear text.
 from __future__ import annotations
 
 import os
-import posixpath
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,36 +20,13 @@ import fsspec
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr
 
-from prefect_aml.exceptions import DatastoreException, UserErrorException
+from prefect_aml import _transfer
+from prefect_aml.exceptions import DatastoreException
+from prefect_aml.names import clean_relative
+from prefect_aml.pipeline.data import DataReference
 
 if TYPE_CHECKING:
     from prefect_aml.workspace import Workspace
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,255}$")
-
-
-def block_name_for(datastore_name: str) -> str:
-    """Block document names allow lowercase letters, digits and dashes; datastore names use underscores."""
-    if not isinstance(datastore_name, str) or not _NAME_RE.match(datastore_name):
-        raise DatastoreException(
-            f"Datastore name {datastore_name!r} is not valid: use letters, digits and underscores only "
-            "(e.g. 'my_datastore')."
-        )
-    return datastore_name.lower().replace("_", "-")
-
-
-def clean_relative(path: str | None, what: str) -> str:
-    """Normalise a path inside a datastore; reject absolute paths and `..` that would escape it."""
-    if path in (None, "", ".", "/"):
-        return ""
-    p = str(path).replace("\\", "/")
-    if p.startswith("/") or re.match(r"^[A-Za-z]:", p):
-        raise UserErrorException(f"{what} {path!r} is absolute: give a path relative to the datastore root.")
-    norm = posixpath.normpath(p)
-    if norm == ".." or norm.startswith("../"):
-        raise UserErrorException(f"{what} {path!r} escapes the datastore root ('..'): remove the '..' parts.")
-    return "" if norm == "." else norm
-
 
 class DatastoreBlock(Block):
     """Base of every datastore block: an fsspec filesystem plus a root path inside it."""
@@ -101,8 +76,6 @@ class DatastoreBlock(Block):
         show_progress: bool = True,
     ):
         """Upload a local folder (recursively) to `target_path`; existing files are skipped unless `overwrite`."""
-        from prefect_aml import _transfer
-
         return _transfer.upload_dir(self, src_dir, target_path, overwrite, show_progress)
 
     def upload_files(
@@ -114,8 +87,6 @@ class DatastoreBlock(Block):
         show_progress: bool = True,
     ):
         """Upload files; each lands at `target_path/<its path relative to relative_root>`."""
-        from prefect_aml import _transfer
-
         return _transfer.upload_files(self, files, relative_root, target_path, overwrite, show_progress)
 
     def download(
@@ -126,14 +97,10 @@ class DatastoreBlock(Block):
         show_progress: bool = True,
     ) -> int:
         """Download the files under `prefix` to `target_path` (keeping their datastore paths); returns a count."""
-        from prefect_aml import _transfer
-
         return _transfer.download(self, target_path, prefix, overwrite, show_progress)
 
     def path(self, path: str | None = None, data_reference_name: str | None = None):
         """A `DataReference` to `path` on this datastore (Azure ML's `datastore.path(...)`)."""
-        from prefect_aml.pipeline.data import DataReference
-
         return DataReference(self, data_reference_name=data_reference_name, path_on_datastore=path)
 
     def as_mount(self):
@@ -147,14 +114,11 @@ class DatastoreBlock(Block):
 
     def unregister(self) -> None:
         """Remove the datastore from the workspace (the data itself is left as it is)."""
-        from prefect.client.orchestration import get_client
-
         ws = self._require_workspace()
-        ws._activate()
         doc_id = self._block_document_id
         if doc_id is None:
             raise DatastoreException(f"Datastore {self.datastore_name!r} was never saved; nothing to unregister.")
-        with get_client(sync_client=True) as client:
+        with ws.client() as client:
             client.delete_block_document(doc_id)
 
     def _require_workspace(self) -> Workspace:

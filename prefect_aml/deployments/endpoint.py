@@ -15,22 +15,26 @@ source Prefect keeps no deployment history), so they survive server restarts.
 
 from __future__ import annotations
 
+import difflib
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prefect_aml.blocks.published import PipelineEndpointRecord, list_records, save_record
-from prefect_aml.blocks.published import load_record as load_block_record
-from prefect_aml.deployments.published import (
-    ENDPOINT_TAG,
-    PublishedPipeline,
-    PublishedPipelineDisabledError,
-    _client,
-    check_name,
-    deploy,
+from prefect.client.schemas.actions import DeploymentUpdate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+
+from prefect_aml.blocks.published import (
+    PipelineEndpointRecord,
+    PublishedPipelineRecord,
+    archived_message,
+    list_records,
     load_record,
+    save_record,
 )
-from prefect_aml.exceptions import UserErrorException
+from prefect_aml.deployments.published import PublishedPipeline, check_name, deploy
+from prefect_aml.exceptions import PublishedPipelineDisabledError, UserErrorException
+from prefect_aml.names import ENDPOINT_TAG, serve_workspace_url
+from prefect_aml.pipeline.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from prefect_aml.runs import PipelineRun
@@ -43,22 +47,7 @@ def _records(workspace: Workspace) -> list[PipelineEndpointRecord]:
     return list_records(PipelineEndpointRecord, workspace)
 
 
-def _load(endpoint_id: str) -> PipelineEndpointRecord | None:
-    return load_block_record(PipelineEndpointRecord, endpoint_id)
-
-
-def check_endpoint_active(endpoint_id: str) -> None:
-    """Raised in a run's first moment when its endpoint is archived."""
-    record = _load(endpoint_id)
-    if record is not None and record.status != "Active":
-        raise PublishedPipelineDisabledError(
-            f"Pipeline endpoint {record.name!r} (id {record.endpoint_id}) is archived, so it cannot run. Reactivate it "
-            f"with PipelineEndpoint.get(ws, id={record.endpoint_id!r}).reactivate({record.name!r}).")
-
-
 def _published(workspace: Workspace, pipeline) -> PublishedPipeline:
-    from prefect_aml.pipeline.pipeline import Pipeline
-
     if isinstance(pipeline, PublishedPipeline):
         return pipeline
     if isinstance(pipeline, PipelineEndpoint):  # another endpoint: its default version
@@ -101,9 +90,7 @@ class PipelineEndpoint:
 
     @property
     def endpoint(self) -> str:
-        from prefect_aml.deployments.rest import workspace_url
-
-        return f"{workspace_url(self.workspace)}/PipelineRuns/PipelineEndpointSubmit/Id/{self.id}"
+        return f"{serve_workspace_url(self.workspace)}/PipelineRuns/PipelineEndpointSubmit/Id/{self.id}"
 
     # -- create and find
     @staticmethod
@@ -126,11 +113,9 @@ class PipelineEndpoint:
             _service_endpoint=None) -> PipelineEndpoint:
         if (id is None) == (name is None):
             raise UserErrorException("PipelineEndpoint.get: pass exactly one of id= or name=.")
-        workspace._activate()
-        record = _load(id) if id is not None else next((r for r in _records(workspace) if r.name == name), None)
+        record = (load_record(PipelineEndpointRecord, workspace, id) if id is not None
+                  else next((r for r in _records(workspace) if r.name == name), None))
         if record is None:
-            import difflib
-
             names = [r.name for r in _records(workspace)]
             close = difflib.get_close_matches(str(name), names, n=1) if name else []
             raise UserErrorException(
@@ -145,20 +130,18 @@ class PipelineEndpoint:
                 if not active_only or r.status == "Active"]
 
     def _refresh(self) -> PipelineEndpointRecord:
-        self.workspace._activate()
-        self._record = _load(self.id) or self._record
+        self._record = load_record(PipelineEndpointRecord, self.workspace, self.id) or self._record
         return self._record
 
     def _save(self) -> None:
-        self.workspace._activate()
-        save_record(self._record)
+        save_record(self.workspace, self._record)
 
     # -- versions
     def _add(self, published: PublishedPipeline, make_default: bool) -> str:
         record = self._record
         version = str(len(record.versions))
         tags = [ENDPOINT_TAG + self.id]
-        with _client() as client:
+        with self.workspace.client() as client:
             deployment_id = deploy(client, published._record, self.name, version, tags,
                                    paused=self.status != "Active")
         record.versions.append({"version": version, "pipeline_id": published.id, "deployment_id": deployment_id})
@@ -170,8 +153,8 @@ class PipelineEndpoint:
 
     def _deploy_default(self) -> None:
         entry = self._version(self._record.default_version)
-        published = load_record(entry["pipeline_id"])
-        with _client() as client:
+        published = load_record(PublishedPipelineRecord, self.workspace, entry["pipeline_id"])
+        with self.workspace.client() as client:
             deploy(client, published, self.name, DEFAULT_DEPLOYMENT, [ENDPOINT_TAG + self.id],
                    paused=self.status != "Active")
 
@@ -230,10 +213,10 @@ class PipelineEndpoint:
     def _deployment_for(self, pipeline_version) -> tuple[PublishedPipeline, str]:
         record = self._refresh()
         if record.status != "Active":
-            check_endpoint_active(self.id)
+            raise PublishedPipelineDisabledError(archived_message(record))
         if pipeline_version is None:
             published = self.get_pipeline()
-            with _client() as client:
+            with self.workspace.client() as client:
                 dep = client.read_deployment_by_name(f"{self.name}/{DEFAULT_DEPLOYMENT}")
             return published, str(dep.id)
         entry = self._version(pipeline_version)
@@ -248,12 +231,9 @@ class PipelineEndpoint:
 
     # -- lifecycle
     def _set_status(self, status: str) -> None:
-        from prefect.client.schemas.actions import DeploymentUpdate
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-
         self._refresh()
         self._record.status = status
-        with _client() as client:
+        with self.workspace.client() as client:
             for dep in client.read_deployments(deployment_filter=DeploymentFilter(
                     tags=DeploymentFilterTags(all_=[ENDPOINT_TAG + self.id]))):
                 client.update_deployment(dep.id, DeploymentUpdate(paused=status != "Active"))
@@ -281,15 +261,21 @@ class PipelineEndpoint:
         record = self._record
         record.former_names.append(old)
         record.name = name
-        with _client() as client:
+        with self.workspace.client() as client:
             for entry in record.versions:
-                entry["deployment_id"] = deploy(client, load_record(entry["pipeline_id"]), name, entry["version"],
-                                                [ENDPOINT_TAG + self.id], paused=self.status != "Active")
+                entry["deployment_id"] = deploy(
+                    client, load_record(PublishedPipelineRecord, self.workspace, entry["pipeline_id"]), name,
+                    entry["version"], [ENDPOINT_TAG + self.id], paused=self.status != "Active")
         self._deploy_default()
-        with _client() as client:
+        with self.workspace.client() as client:
             for dep_name in [e["version"] for e in record.versions] + [DEFAULT_DEPLOYMENT]:
                 try:
                     client.delete_deployment(client.read_deployment_by_name(f"{old}/{dep_name}").id)
                 except Exception:  # already gone
                     pass
         self._save()
+
+    def _submit_to(self, experiment, pipeline_parameters: dict | None = None, tags: dict | None = None,
+                   pipeline_version=None, **_options: Any) -> PipelineRun:
+        """What `Experiment.submit(endpoint, ...)` asks of the object it is given."""
+        return self.submit(experiment.name, pipeline_parameters, pipeline_version=pipeline_version, tags=tags)

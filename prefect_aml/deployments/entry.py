@@ -8,24 +8,19 @@ Prefect worker with prefect-aml installed can load it without a copy of the user
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
-_PREFIX = "published_"
+from prefect_aml.flows.published import published_flow
+from prefect_aml.names import PUBLISHED_ENTRY_PREFIX
 
 
 def __getattr__(name: str) -> Any:
-    if not name.startswith(_PREFIX):
+    if not name.startswith(PUBLISHED_ENTRY_PREFIX):
         raise AttributeError(name)
-    from uuid import UUID
-
-    from prefect_aml.deployments.published import build_flow, load_record
-
     try:
-        pipeline_id = str(UUID(name[len(_PREFIX):]))
+        pipeline_id = str(UUID(name[len(PUBLISHED_ENTRY_PREFIX):]))
     except ValueError:
         raise AttributeError(name) from None
-    record = load_record(pipeline_id)
-    if record is None:
-        raise AttributeError(f"{name}: published pipeline {pipeline_id} is not in this workspace's Prefect API")
-    fl = build_flow(record)
+    fl = published_flow(pipeline_id)
     globals()[name] = fl
     return fl

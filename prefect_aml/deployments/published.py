@@ -16,36 +16,55 @@ run: the flow checks the pipeline is enabled, resolves the parameters and runs t
 
 from __future__ import annotations
 
-import inspect
 import re
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from prefect.client.schemas.actions import DeploymentUpdate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+from prefect.client.schemas.objects import WorkerStatus
+from prefect.exceptions import ObjectNotFound
+from prefect.utilities.callables import parameter_schema
+
 from prefect_aml.blocks.published import (
     PublishedPipelineRecord,
-    _client,
     delete_record,
+    disabled_message,
     list_records,
+    load_record,
+    parameters_signature,
+    resolve_values,
     save_record,
 )
-from prefect_aml.blocks.published import load_record as load
-from prefect_aml.exceptions import PipelineValidationError, UserErrorException
+from prefect_aml.compute import AmlCompute, ComputeTarget, resolve_compute
+from prefect_aml.datastore import Datastore
+from prefect_aml.exceptions import ComputeTargetException, PublishedPipelineDisabledError, UserErrorException
+from prefect_aml.flows.launch import start_runner
+from prefect_aml.flows.prepare import (
+    check_inputs,
+    default_store,
+    prepare_sources,
+    resolve_computes,
+    workspace_fields,
+)
+from prefect_aml.names import (
+    DEFAULT_PIPELINE_COMPUTE,
+    EXPERIMENT_TAG,
+    PIPELINE_TAG,
+    PUBLISHED_TAG,
+    published_entrypoint,
+    serve_workspace_url,
+    tags_from_dict,
+)
+from prefect_aml.pipeline.steps import _compute_name
+from prefect_aml.records import load_spec, store_spec
+from prefect_aml.runs import Experiment, PipelineRun
 
 if TYPE_CHECKING:
-    from prefect_aml.runs import PipelineRun
     from prefect_aml.workspace import Workspace
 
-PUBLISHED_TAG = "aml-published:"
-ENDPOINT_TAG = "aml-endpoint:"
-DEFAULT_PIPELINE_COMPUTE = "aml-pipelines"
-ENTRY_MODULE = "prefect_aml.deployments.entry"
-_ANNOTATIONS = {"int": int, "float": float, "str": str, "bool": bool, "DataPath": dict}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,254}$")
-
-
-class PublishedPipelineDisabledError(UserErrorException):
-    """A run of a disabled published pipeline (or of an archived endpoint) was asked for."""
 
 
 def check_name(kind: str, name: Any) -> str:
@@ -60,137 +79,27 @@ def _all_records(workspace: Workspace) -> list[PublishedPipelineRecord]:
     return list_records(PublishedPipelineRecord, workspace)
 
 
-def load_record(pipeline_id: str) -> PublishedPipelineRecord | None:
-    """The record of a published pipeline, read from the active Prefect API (None when unknown)."""
-    return load(PublishedPipelineRecord, pipeline_id)
-
-
-# -- the flow a deployment runs -------------------------------------------------------------------------
-
-def build_flow(record: PublishedPipelineRecord):
-    """The flow of a published pipeline: keyword parameters named and typed after its PipelineParameters."""
-    from prefect import flow
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    pipeline_id = record.pipeline_id
-
-    def published_pipeline(**parameters: Any) -> dict[str, Any]:
-        return run_published(pipeline_id, parameters)
-
-    published_pipeline.__signature__ = inspect.Signature([
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=p["default"],
-                          annotation=_ANNOTATIONS[p["type"]])
-        for name, p in record.parameters.items()])
-    published_pipeline.__doc__ = record.description or f"Published pipeline {record.name} version {record.version}."
-    return flow(name=record.name, task_runner=ThreadPoolTaskRunner(max_workers=32), persist_result=False,
-                validate_parameters=True)(published_pipeline)
-
-
-def resolve_values(record: PublishedPipelineRecord, assignments: dict[str, Any] | None) -> dict[str, Any]:
-    """Every parameter's value (defaults filled in); an unknown name or a wrong type is a clear error."""
-    import difflib
-
-    from prefect_aml.pipeline.params import coerce
-
-    values = {name: p["default"] for name, p in record.parameters.items()}
-    for name, value in (assignments or {}).items():
-        if name not in record.parameters:
-            close = difflib.get_close_matches(name, list(record.parameters), n=1)
-            known = ", ".join(f"{n} ({p['type']})" for n, p in record.parameters.items()) or "none"
-            raise PipelineValidationError(
-                f"Published pipeline {record.name!r} version {record.version!r} has no parameter {name!r}."
-                + (f" Did you mean {close[0]!r}?" if close else "") + f" Its parameters: {known}.")
-        values[name] = coerce(name, record.parameters[name]["type"], value)
-    return values
-
-
-def _disabled_message(record: PublishedPipelineRecord) -> str:
-    return (f"Published pipeline {record.name!r} version {record.version!r} (id {record.pipeline_id}) is disabled, so "
-            f"it cannot run. Enable it with PublishedPipeline.get(ws, {record.pipeline_id!r}).enable().")
-
-
-def _experiment_for(flow_run, record: PublishedPipelineRecord) -> str:
-    """The run's experiment: its tag (Python, REST), its schedule's, or the pipeline's name."""
-    from prefect_aml.runs import EXPERIMENT_TAG
-
-    for tag in flow_run.tags or []:
-        if tag.startswith(EXPERIMENT_TAG):
-            return tag[len(EXPERIMENT_TAG):]
-    from prefect_aml.deployments.schedule import schedule_for_deployment_schedule
-    from prefect_aml.deployments.trigger import automation_of, schedule_for_automation
-
-    created_by = getattr(flow_run, "created_by", None)
-    sched = None
-    if created_by is not None and getattr(created_by, "id", None):
-        sched = schedule_for_deployment_schedule(str(created_by.id), str(flow_run.deployment_id))
-    if sched is None and automation_of(flow_run):
-        sched = schedule_for_automation(automation_of(flow_run))
-    if sched is not None:
-        return sched.experiment_name
-    return record.name
-
-
-def run_published(pipeline_id: str, parameters: dict[str, Any]) -> dict[str, Any]:
-    """The body of a published pipeline's flow run: check, resolve, then run the stored pipeline."""
-    from prefect.context import get_run_context
-
-    from prefect_aml.flows.pipeline import aml_pipeline
-    from prefect_aml.runs import EXPERIMENT_TAG
-
-    record = load_record(pipeline_id)
-    if record is None:
-        raise UserErrorException(f"Published pipeline {pipeline_id!r} no longer exists in this workspace.")
-    if record.status != "Active":
-        raise PublishedPipelineDisabledError(_disabled_message(record))
-    flow_run = get_run_context().flow_run
-    for tag in flow_run.tags or []:
-        if tag.startswith(ENDPOINT_TAG):
-            from prefect_aml.deployments.endpoint import check_endpoint_active
-
-            check_endpoint_active(tag[len(ENDPOINT_TAG):])
-    values = resolve_values(record, parameters)
-    experiment = _experiment_for(flow_run, record)
-    if EXPERIMENT_TAG + experiment not in (flow_run.tags or []):  # runs started outside Python get theirs here
-        with _client() as client:
-            client.update_flow_run(flow_run.id, tags=[*flow_run.tags, EXPERIMENT_TAG + experiment])
-    return aml_pipeline.fn(spec_path=record.spec_path, parameters=values, experiment_name=experiment,
-                           workspace=record.workspace, default_datastore=record.default_datastore,
-                           continue_on_step_failure=record.continue_on_step_failure)
-
-
-def run_info(flow_run) -> dict[str, Any] | None:
-    """For a published pipeline's run: its spec, default datastore and resolved parameters."""
-    for tag in flow_run.tags or []:
-        if tag.startswith(PUBLISHED_TAG):
-            record = load_record(tag[len(PUBLISHED_TAG):])
-            if record is None:
-                return None
-            try:
-                values = resolve_values(record, flow_run.parameters)
-            except UserErrorException:
-                values = dict(flow_run.parameters)
-            return {"spec_path": record.spec_path, "default_datastore": record.default_datastore,
-                    "parameters": values, "pipeline_id": record.pipeline_id}
-    return None
-
-
 # -- deployments -----------------------------------------------------------------------------------------
+
+def _flow_signature(record: PublishedPipelineRecord):
+    """A stand-in with the flow's signature: its parameter schema is the deployment's (the flow is built on the
+    worker, from `deployments/entry.py`)."""
+    def published_pipeline(**parameters: Any) -> None: ...
+
+    published_pipeline.__signature__ = parameters_signature(record)
+    return published_pipeline
+
 
 def deploy(client, record: PublishedPipelineRecord, flow_name: str, deployment_name: str,
            extra_tags: list[str] = (), paused: bool = False) -> str:
     """Create or update the deployment `<flow_name>/<deployment_name>` that runs `record`; returns its id."""
-    from prefect.client.schemas.actions import DeploymentUpdate
-    from prefect.exceptions import ObjectNotFound
-    from prefect.utilities.callables import parameter_schema
-
-    fl = build_flow(record)
     fields = dict(
-        work_pool_name=record.work_pool, entrypoint=f"{ENTRY_MODULE}.{entry_attribute(record.pipeline_id)}",
+        work_pool_name=record.work_pool, entrypoint=published_entrypoint(record.pipeline_id),
         # prefect-aml is the code (installed on the worker); the pipeline's own code is in its stored snapshots
         pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": "/tmp"}}],
-        parameter_openapi_schema=parameter_schema(fl).model_dump(), enforce_parameter_schema=True,
+        parameter_openapi_schema=parameter_schema(_flow_signature(record)).model_dump(), enforce_parameter_schema=True,
         parameters={}, version=record.version, paused=paused,
-        tags=["aml-pipeline", PUBLISHED_TAG + record.pipeline_id, *extra_tags],
+        tags=[PIPELINE_TAG, PUBLISHED_TAG + record.pipeline_id, *extra_tags],
         description=(record.description or "") + f"\n\nprefect-aml published pipeline {record.name!r} version "
                     f"{record.version!r} (id {record.pipeline_id}).")
     owner = (extra_tags or [PUBLISHED_TAG + record.pipeline_id])[0]  # the endpoint's tag, or the pipeline's
@@ -209,16 +118,8 @@ def deploy(client, record: PublishedPipelineRecord, flow_name: str, deployment_n
     return str(deployment_id)
 
 
-def entry_attribute(pipeline_id: str) -> str:
-    return "published_" + uuid.UUID(pipeline_id).hex
-
-
 def _pipeline_pool(workspace: Workspace, pipeline_compute) -> str:
     """The work pool a published pipeline's flow runs on (created as a process compute when it is the default)."""
-    from prefect_aml.compute import AmlCompute, ComputeTarget, resolve_compute
-    from prefect_aml.exceptions import ComputeTargetException
-    from prefect_aml.pipeline.steps import _compute_name
-
     name = _compute_name(pipeline_compute) if pipeline_compute is not None else DEFAULT_PIPELINE_COMPUTE
     try:
         where = resolve_compute(workspace, name, "(the published pipeline)")
@@ -237,16 +138,12 @@ def _pipeline_pool(workspace: Workspace, pipeline_compute) -> str:
 
 def publish_pipeline(pipeline, name: str, description: str | None = None, version: str | None = None,
                      continue_on_step_failure: bool | None = None, pipeline_compute=None) -> PublishedPipeline:
-    from prefect_aml.datastore import Datastore
-    from prefect_aml.flows.submit import check_registered_inputs, prepare_sources, resolve_computes
-
     check_name("Published pipeline", name)
     ws = pipeline.workspace
     spec = pipeline._build_spec()  # validates first: nothing is written for a broken pipeline
-    ws._activate()
     resolve_computes(spec, ws)
-    store = Datastore.get(ws, spec.default_datastore) if spec.default_datastore else ws.get_default_datastore()
-    check_registered_inputs(spec, store, ws)
+    store = default_store(ws, spec)
+    check_inputs(spec, store, ws)
     prepare_sources(spec, store, ws.home)
     return _publish(ws, spec, store, name, description, version, continue_on_step_failure, pipeline_compute)
 
@@ -255,9 +152,6 @@ def publish_spec(ws: Workspace, spec_path: str, default_datastore: str, name: st
                  version: str | None, continue_on_step_failure: bool | None, pipeline_compute,
                  _from_run: str | None = None) -> PublishedPipeline:
     """Publish the spec a pipeline run ran (`PipelineRun.publish_pipeline`)."""
-    from prefect_aml.datastore import Datastore
-    from prefect_aml.flows.submit import load_spec
-
     check_name("Published pipeline", name)
     store = Datastore.get(ws, default_datastore)
     return _publish(ws, load_spec(store, spec_path), store, name, description, version, continue_on_step_failure,
@@ -266,8 +160,6 @@ def publish_spec(ws: Workspace, spec_path: str, default_datastore: str, name: st
 
 def _publish(ws: Workspace, spec, store, name: str, description, version, continue_on_step_failure,
              pipeline_compute, _from_run: str | None = None) -> PublishedPipeline:
-    from prefect_aml.flows.submit import store_spec
-
     if version is not None and (not isinstance(version, str | int) or isinstance(version, bool)):
         raise UserErrorException(f"Published pipeline version {version!r} is not valid: use a short string.")
     if version is not None:
@@ -284,52 +176,33 @@ def _publish(ws: Workspace, spec, store, name: str, description, version, contin
             f"(or none: the next number is chosen), or disable the old one.")
     record = PublishedPipelineRecord(
         pipeline_id=str(uuid.uuid4()), name=name, version=version, description=description,
-        spec_path=store_spec(store, spec), default_datastore=store.name,
-        workspace={"workspace_name": ws.name, "subscription_id": ws.subscription_id,
-                   "resource_group": ws.resource_group, "home": str(ws.home), "redis_url": ws.redis_url},
+        spec_path=store_spec(store, spec), default_datastore=store.name, workspace=workspace_fields(ws),
         parameters={n: {"type": p.type, "default": p.default} for n, p in spec.parameters.items()},
         continue_on_step_failure=bool(continue_on_step_failure), work_pool=pool,
         created=datetime.now(UTC).isoformat(), published_from_run=_from_run)
-    save_record(record)  # the record first: a deployment never exists without the record its runs read
+    save_record(ws, record)  # the record first: a deployment never exists without the record its runs read
     try:
-        with _client() as client:
+        with ws.client() as client:
             record.deployment_id = deploy(client, record, name, version)
     except BaseException:
-        delete_record(PublishedPipelineRecord, record.pipeline_id)
+        delete_record(PublishedPipelineRecord, ws, record.pipeline_id)
         raise
-    save_record(record)
+    save_record(ws, record)
     return PublishedPipeline(ws, record)
-
-
-def flow_for_run(flow_run):
-    """The flow of a published pipeline's run (None for any other run)."""
-    for tag in flow_run.tags or []:
-        if tag.startswith(PUBLISHED_TAG):
-            from prefect_aml.deployments import entry
-
-            return getattr(entry, entry_attribute(tag[len(PUBLISHED_TAG):]))
-    return None
 
 
 def start_run(workspace: Workspace, deployment_id: str, record: PublishedPipelineRecord, experiment_name: str,
               values: dict[str, Any], tags: dict | None = None, extra_tags: list[str] = ()):
     """Create a run of a published deployment; with no online worker on its pool, run it here in the background.
     Returns the flow run and the runner started here (None when a worker runs it)."""
-    from prefect.client.schemas.objects import WorkerStatus
-
-    from prefect_aml.flows.submit import _start_runner
-    from prefect_aml.runs import EXPERIMENT_TAG
-
-    user_tags = [f"{k}:{v}" if v not in (None, "") else str(k) for k, v in (tags or {}).items()]
     params = {k: (v if not (isinstance(v, dict) and v.get("type") == "datapath")
                   else {"datastore": v["datastore"], "path": v["path"]}) for k, v in values.items()}
-    workspace._activate()
-    with _client() as client:
+    with workspace.client() as client:
         flow_run = client.create_flow_run_from_deployment(
             uuid.UUID(deployment_id), parameters=params, tags=[EXPERIMENT_TAG + experiment_name, *extra_tags,
-                                                               *user_tags])
+                                                               *tags_from_dict(tags)])
         online = any(w.status == WorkerStatus.ONLINE for w in client.read_workers_for_work_pool(record.work_pool))
-    return flow_run, None if online else _start_runner(workspace, str(flow_run.id))
+    return flow_run, None if online else start_runner(workspace, str(flow_run.id))
 
 
 class PublishedPipeline:
@@ -383,14 +256,11 @@ class PublishedPipeline:
     @property
     def endpoint(self) -> str:
         """The REST URL `prefect-aml serve` accepts Azure-ML-shaped submissions on."""
-        from prefect_aml.deployments.rest import workspace_url
-
-        return f"{workspace_url(self.workspace)}/PipelineRuns/PipelineSubmit/{self.id}"
+        return f"{serve_workspace_url(self.workspace)}/PipelineRuns/PipelineSubmit/{self.id}"
 
     @staticmethod
     def get(workspace: Workspace, id: str, _workflow_provider=None, _service_endpoint=None) -> PublishedPipeline:
-        workspace._activate()
-        record = load_record(id)
+        record = load_record(PublishedPipelineRecord, workspace, id)
         if record is None:
             known = [f"{r.name}/{r.version} ({r.pipeline_id})" for r in _all_records(workspace)][-5:]
             raise UserErrorException(f"Published pipeline id {id!r} was not found in workspace {workspace.name!r}."
@@ -403,20 +273,17 @@ class PublishedPipeline:
                 if not active_only or r.status == "Active"]
 
     def _refresh(self) -> PublishedPipelineRecord:
-        self.workspace._activate()
-        self._record = load_record(self.id) or self._record
+        self._record = load_record(PublishedPipelineRecord, self.workspace, self.id) or self._record
         return self._record
 
     def submit(self, workspace: Workspace, experiment_name: str, pipeline_parameters: dict | None = None,
                tags: dict | None = None, _extra_tags: list[str] = (), _deployment_id: str | None = None,
                **_kw) -> PipelineRun:
         """Run it; returns the `PipelineRun` at once. Bad parameters fail here, before a run exists."""
-        from prefect_aml.runs import Experiment, PipelineRun
-
         experiment = Experiment(workspace, experiment_name)
         record = self._refresh()
         if record.status != "Active":
-            raise PublishedPipelineDisabledError(_disabled_message(record))
+            raise PublishedPipelineDisabledError(disabled_message(record))
         values = resolve_values(record, pipeline_parameters)
         flow_run, runner = start_run(workspace, _deployment_id or record.deployment_id, record, experiment_name,
                                      values, tags, _extra_tags)
@@ -425,13 +292,11 @@ class PublishedPipeline:
     def _set_status(self, status: str) -> None:
         record = self._refresh()
         record.status = status
-        with _client() as client:
-            from prefect.client.schemas.actions import DeploymentUpdate
-
+        with self.workspace.client() as client:
             # a paused deployment schedules nothing; manual runs of it fail at their start (the flow checks)
             for dep in _deployments_of(client, record.pipeline_id):
                 client.update_deployment(dep.id, DeploymentUpdate(paused=status != "Active"))
-        save_record(record)
+        save_record(self.workspace, record)
 
     def disable(self) -> None:
         """No route can run it any more: Python and REST refuse, its schedules stop, other runs fail at once."""
@@ -441,18 +306,17 @@ class PublishedPipeline:
         self._set_status("Active")
 
     def get_graph(self):
-        from prefect_aml.flows.submit import load_spec
-
         return load_spec(self._store(), self._record.spec_path)
 
     def _store(self):
-        from prefect_aml.datastore import Datastore
-
         return Datastore.get(self.workspace, self._record.default_datastore)
+
+    def _submit_to(self, experiment, pipeline_parameters: dict | None = None, tags: dict | None = None,
+                   **_options: Any) -> PipelineRun:
+        """What `Experiment.submit(published, ...)` asks of the object it is given."""
+        return self.submit(experiment.workspace, experiment.name, pipeline_parameters, tags=tags)
 
 
 def _deployments_of(client, pipeline_id: str) -> list:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-
     return client.read_deployments(deployment_filter=DeploymentFilter(
         tags=DeploymentFilterTags(all_=[PUBLISHED_TAG + pipeline_id])))

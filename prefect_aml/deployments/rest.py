@@ -16,28 +16,23 @@ The OpenAPI document is at `/openapi.json`. Prefect's own route works as well:
 from __future__ import annotations
 
 import hmac
-import os
 from typing import TYPE_CHECKING, Any
 
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from prefect_aml.deployments.endpoint import PipelineEndpoint
+from prefect_aml.deployments.published import PublishedPipeline
+from prefect_aml.exceptions import PublishedPipelineDisabledError, UserErrorException
+from prefect_aml.runs import PipelineRun
 
 if TYPE_CHECKING:
     from prefect_aml.workspace import Workspace
 
-SERVE_URL_ENV = "PREFECT_AML_SERVE_URL"
 TOKEN_ENV = "PREFECT_AML_SERVE_TOKEN"
-DEFAULT_PORT = 8788
-
-
-def base_url() -> str:
-    return (os.environ.get(SERVE_URL_ENV) or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
-
-
-def workspace_url(workspace: Workspace) -> str:
-    """Azure ML's pipelines path for this workspace, on the `prefect-aml serve` service."""
-    return (f"{base_url()}/pipelines/v1.0/subscriptions/{workspace.subscription_id or 'local'}/resourceGroups/"
-            f"{workspace.resource_group or 'local'}/providers/Microsoft.MachineLearningServices/workspaces/"
-            f"{workspace.name}")
 
 
 class DataPathAssignment(BaseModel):
@@ -80,13 +75,6 @@ class ErrorResponse(BaseModel):
 
 def create_app(workspace: Workspace, token: str):
     """The FastAPI application (`prefect-aml serve` runs it with uvicorn)."""
-    from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse
-    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from prefect_aml.exceptions import UserErrorException
-
     app = FastAPI(title="prefect-aml pipelines REST", version="1.0",
                   description="Azure ML (SDK v1) REST routes for published pipelines and pipeline endpoints, "
                               "served by prefect-aml over Prefect deployments.")
@@ -120,7 +108,6 @@ def create_app(workspace: Workspace, token: str):
         return values
 
     def _submit(run_submit, body: PipelineSubmitRequest, pipeline_id: str) -> PipelineRunResponse:
-        from prefect_aml.deployments.published import PublishedPipelineDisabledError
 
         try:
             run = run_submit(body.ExperimentName, _assignments(body), body.Tags)
@@ -140,7 +127,6 @@ def create_app(workspace: Workspace, token: str):
     def submit_published(subscription_id: str, resource_group: str, workspace_name: str, pipeline_id: str,
                          body: PipelineSubmitRequest) -> PipelineRunResponse:
         """Run a published pipeline (its `.endpoint` URL)."""
-        from prefect_aml.deployments.published import PublishedPipeline
 
         _check_workspace(subscription_id, resource_group, workspace_name)
         try:
@@ -152,8 +138,6 @@ def create_app(workspace: Workspace, token: str):
 
     def _endpoint_submit(lookup: dict[str, str], body: PipelineSubmitRequest, pipeline_version: str | None):
         """Find the endpoint (by id or name: 404 when unknown), then run its default or pinned version."""
-        from prefect_aml.deployments.endpoint import PipelineEndpoint
-        from prefect_aml.deployments.published import PublishedPipelineDisabledError
 
         try:
             endpoint = PipelineEndpoint.get(workspace, **lookup)
@@ -185,7 +169,6 @@ def create_app(workspace: Workspace, token: str):
              dependencies=[Depends(authorized)])
     def run_status(subscription_id: str, resource_group: str, workspace_name: str, run_id: str) -> RunStatusResponse:
         """A pipeline run's status, in Azure ML's words."""
-        from prefect_aml.runs import PipelineRun
 
         _check_workspace(subscription_id, resource_group, workspace_name)
         try:

@@ -18,19 +18,35 @@ import re
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from prefect_aml.blocks.published import ScheduleRecord, delete_record, list_records, load_record, save_record
-from prefect_aml.deployments.published import PublishedPipeline, _client, resolve_values
+from dateutil import rrule as _rr
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.schedules import RRuleSchedule
+from prefect.client.schemas.sorting import FlowRunSort
+
+from prefect_aml.blocks.published import (
+    ScheduleRecord,
+    delete_record,
+    list_records,
+    load_record,
+    resolve_values,
+    save_record,
+)
+from prefect_aml.deployments.endpoint import DEFAULT_DEPLOYMENT, PipelineEndpoint
+from prefect_aml.deployments.published import PublishedPipeline, check_name
+from prefect_aml.deployments.trigger import create_trigger, delete_trigger, poll_once, update_trigger
 from prefect_aml.exceptions import UserErrorException
+from prefect_aml.names import SCHEDULE_SLUG_PREFIX, automation_of
+from prefect_aml.runs import Experiment, PipelineRun
 
 if TYPE_CHECKING:
-    from prefect_aml.runs import PipelineRun
     from prefect_aml.workspace import Workspace
 
 _FREQ = {"Minute": "MINUTELY", "Hour": "HOURLY", "Day": "DAILY", "Week": "WEEKLY", "Month": "MONTHLY"}
 _DAYS = {"Monday": "MO", "Tuesday": "TU", "Wednesday": "WE", "Thursday": "TH", "Friday": "FR", "Saturday": "SA",
          "Sunday": "SU"}
-SLUG_PREFIX = "aml-schedule-"
 
 
 class TimeZone:
@@ -110,8 +126,6 @@ class ScheduleRecurrence:
         if self.time_of_day is not None and not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", str(self.time_of_day)):
             bad(f"time_of_day {self.time_of_day!r} is not valid; use 'HH:MM' (24-hour clock).")
         if self.time_zone is not None:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
             try:
                 ZoneInfo(_iana(self.time_zone))
             except (ZoneInfoNotFoundError, ValueError):
@@ -146,8 +160,6 @@ class ScheduleRecurrence:
 
     def to_rrule(self):
         """Prefect's RRuleSchedule for this recurrence."""
-        from prefect.client.schemas.schedules import RRuleSchedule
-
         start = self._start()
         if start.tzinfo is not None and self.time_zone is None:
             tz = str(start.tzinfo) if str(start.tzinfo) != "UTC+00:00" else "UTC"
@@ -169,12 +181,8 @@ class ScheduleRecurrence:
         return RRuleSchedule(rrule=f"DTSTART:{start:%Y%m%dT%H%M%S}\nRRULE:" + ";".join(parts), timezone=tz)
 
     def next_run_times(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
-        from dateutil import rrule as _rr
-
         sched = self.to_rrule()
         rule = _rr.rrulestr(sched.rrule, dtstart=None)
-        from zoneinfo import ZoneInfo
-
         tz = ZoneInfo(sched.timezone or "UTC")
         after_local = (after or datetime.now(UTC)).astimezone(tz).replace(tzinfo=None)
         out: list[datetime] = []
@@ -190,26 +198,6 @@ class ScheduleRecurrence:
 
 def _records(workspace: Workspace) -> list[ScheduleRecord]:
     return list_records(ScheduleRecord, workspace)
-
-
-def _load(schedule_id: str) -> ScheduleRecord | None:
-    return load_record(ScheduleRecord, schedule_id)
-
-
-def schedule_for_deployment_schedule(deployment_schedule_id: str, deployment_id: str | None = None):
-    """The schedule record behind a Prefect deployment schedule (the run's `created_by`), if it is one of ours."""
-    from prefect_aml.blocks import saved_blocks
-
-    with _client() as client:
-        records = saved_blocks(client, ScheduleRecord)
-        for rec in records:
-            if rec.deployment_schedule_id == deployment_schedule_id:
-                return rec
-        if deployment_id:  # re-created schedules get new ids: match on the slug
-            for sched in client.read_deployment_schedules(uuid.UUID(deployment_id)):
-                if str(sched.id) == deployment_schedule_id and (sched.slug or "").startswith(SLUG_PREFIX):
-                    return next((r for r in records if r.schedule_id == sched.slug[len(SLUG_PREFIX):]), None)
-    return None
 
 
 class Schedule:
@@ -250,9 +238,6 @@ class Schedule:
                path_on_datastore: str | None = None, pipeline_endpoint_id: str | None = None,
                _workflow_provider=None, _service_endpoint=None) -> Schedule:
         """A recurrence (a deployment schedule) or, with `datastore`, a trigger on new or changed files."""
-        from prefect_aml.deployments.published import check_name
-        from prefect_aml.runs import Experiment
-
         check_name("Schedule", name)
         if experiment_name is None:
             raise ScheduleException(f"Schedule {name!r}: experiment_name is required (the runs' experiment).")
@@ -277,15 +262,13 @@ class Schedule:
             recurrence=recurrence.to_dict() if recurrence else None, pipeline_parameters=_for_api(given),
             deployment_id=deployment_id, created=datetime.now(UTC).isoformat())
         if datastore is not None:
-            from prefect_aml.deployments.trigger import create_trigger
-
             create_trigger(workspace, record, published, datastore, path_on_datastore, polling_interval,
                            data_path_parameter_name)
         else:
-            with _client() as client:
+            with workspace.client() as client:
                 created = client.create_deployment_schedules(
                     uuid.UUID(deployment_id), [(recurrence.to_rrule(), True)],
-                    parameters=record.pipeline_parameters, slug=SLUG_PREFIX + record.schedule_id)
+                    parameters=record.pipeline_parameters, slug=SCHEDULE_SLUG_PREFIX + record.schedule_id)
             record.deployment_schedule_id = str(created[0].id)
         schedule = Schedule(workspace, record)
         schedule._save()
@@ -299,8 +282,7 @@ class Schedule:
 
     @staticmethod
     def get(workspace: Workspace, id: str, _workflow_provider=None, _service_endpoint=None) -> Schedule:
-        workspace._activate()
-        record = _load(id)
+        record = load_record(ScheduleRecord, workspace, id)
         if record is None:
             raise ScheduleException(f"Schedule id {id!r} was not found in workspace {workspace.name!r}; "
                                     f"Schedule.list(ws) shows the schedules.")
@@ -325,18 +307,16 @@ class Schedule:
         return Schedule.list(workspace, active_only=False, pipeline_endpoint_id=pipeline_endpoint_id)
 
     def _refresh(self) -> ScheduleRecord:
-        self.workspace._activate()
-        self._record = _load(self.id) or self._record
+        self._record = load_record(ScheduleRecord, self.workspace, self.id) or self._record
         return self._record
 
     def _save(self) -> None:
-        self.workspace._activate()
-        save_record(self._record)
+        save_record(self.workspace, self._record)
 
     def _deployment_schedule(self, client):
         """Our deployment schedule (found by slug: re-created schedules get new ids)."""
         for sched in client.read_deployment_schedules(uuid.UUID(self._record.deployment_id)):
-            if sched.slug == SLUG_PREFIX + self.id:
+            if sched.slug == SCHEDULE_SLUG_PREFIX + self.id:
                 return sched
         return None
 
@@ -358,8 +338,6 @@ class Schedule:
             params = resolve_values(published._record, pipeline_parameters)
             record.pipeline_parameters = _for_api({k: params[k] for k in pipeline_parameters})
         if name is not None:
-            from prefect_aml.deployments.published import check_name
-
             check_name("Schedule", name)
             record.name = name
         if description is not None:
@@ -369,7 +347,7 @@ class Schedule:
         if status is not None:
             record.status = status
         if record.recurrence is not None:
-            with _client() as client:
+            with self.workspace.client() as client:
                 sched = self._deployment_schedule(client)
                 if sched is None:
                     raise ScheduleException(f"Schedule {record.name!r}: its deployment schedule is gone (was the "
@@ -379,8 +357,6 @@ class Schedule:
                     schedule=ScheduleRecurrence.from_dict(record.recurrence).to_rrule(),
                     parameters=record.pipeline_parameters)
         else:
-            from prefect_aml.deployments.trigger import update_trigger
-
             update_trigger(self.workspace, record, datastore=datastore, polling_interval=polling_interval,
                            data_path_parameter_name=data_path_parameter_name, path_on_datastore=path_on_datastore)
         self._save()
@@ -400,8 +376,6 @@ class Schedule:
             raise ScheduleException(f"Schedule {record.name!r} runs on a recurrence; only datastore triggers poll.")
         if record.status != "Active":
             raise ScheduleException(f"Schedule {record.name!r} is disabled; enable it first.")
-        from prefect_aml.deployments.trigger import poll_once
-
         return poll_once(self.workspace, record)
 
     # -- runs
@@ -413,18 +387,8 @@ class Schedule:
 
     def get_pipeline_runs(self) -> list[PipelineRun]:
         """The runs this schedule started, newest first (not the ones still waiting for their time)."""
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterId,
-        )
-        from prefect.client.schemas.objects import StateType
-        from prefect.client.schemas.sorting import FlowRunSort
-
-        from prefect_aml.deployments.trigger import automation_of
-        from prefect_aml.runs import Experiment, PipelineRun
-
         record = self._refresh()
-        with _client() as client:
+        with self.workspace.client() as client:
             ids = {record.deployment_schedule_id, record.automation_id} - {None}
             if record.recurrence is not None:
                 sched = self._deployment_schedule(client)
@@ -445,16 +409,14 @@ class Schedule:
     def delete(self) -> None:
         """Remove the schedule (its deployment schedule or trigger, then its record)."""
         record = self._refresh()
-        with _client() as client:
+        with self.workspace.client() as client:
             if record.recurrence is not None:
                 sched = self._deployment_schedule(client)
                 if sched is not None:
                     client.delete_deployment_schedule(uuid.UUID(record.deployment_id), sched.id)
             else:
-                from prefect_aml.deployments.trigger import delete_trigger
-
                 delete_trigger(client, record)
-        delete_record(ScheduleRecord, self.id)
+        delete_record(ScheduleRecord, self.workspace, self.id)
 
 
 def _for_api(values: dict[str, Any]) -> dict[str, Any]:
@@ -468,10 +430,8 @@ def _target(workspace: Workspace, pipeline_id: str | None, endpoint_id: str | No
     if pipeline_id is not None:
         published = PublishedPipeline.get(workspace, pipeline_id)
         return published, published.deployment_id
-    from prefect_aml.deployments.endpoint import DEFAULT_DEPLOYMENT, PipelineEndpoint
-
     endpoint = PipelineEndpoint.get(workspace, id=endpoint_id)
-    with _client() as client:
+    with workspace.client() as client:
         dep = client.read_deployment_by_name(f"{endpoint.name}/{DEFAULT_DEPLOYMENT}")
     return endpoint.get_pipeline(), str(dep.id)
 

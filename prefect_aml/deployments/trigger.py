@@ -25,15 +25,25 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from prefect.automations import Automation
+from prefect.events import Event, Resource
+from prefect.events.actions import RunDeployment
+from prefect.events.clients import get_events_client
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from prefect_aml.blocks.published import ScheduleRecord, list_records
+from prefect_aml.datastore import Datastore
+from prefect_aml.deployments.endpoint import PipelineEndpoint
+from prefect_aml.deployments.published import PublishedPipeline
 from prefect_aml.exceptions import UserErrorException
+from prefect_aml.names import SCHEDULE_SLUG_PREFIX, trigger_seen_path
+from prefect_aml.records import read_json, write_json
 
 if TYPE_CHECKING:
-    from prefect_aml.blocks.published import ScheduleRecord
     from prefect_aml.workspace import Workspace
 
 EVENT = "prefect-aml.datastore.changed"
-TRIGGER_TAG = "aml-trigger:"
-SEEN_PREFIX = "azureml/triggers"
 
 
 def _resource_id(schedule_id: str) -> str:
@@ -59,15 +69,9 @@ def _listing(store, path: str) -> dict[str, str]:
     return out
 
 
-def _seen_path(schedule_id: str) -> str:
-    return f"{SEEN_PREFIX}/{schedule_id}.json"
-
-
 def create_trigger(workspace: Workspace, record: ScheduleRecord, published, datastore, path_on_datastore,
                    polling_interval, data_path_parameter_name) -> None:
     """Check the trigger's settings, note the files already there, and create its automation."""
-    from prefect_aml.datastore import Datastore
-
     store = datastore if not isinstance(datastore, str) else Datastore.get(workspace, datastore)
     if not hasattr(store, "filesystem"):
         raise UserErrorException(f"Schedule {record.name!r}: datastore must be a Datastore or its name, got "
@@ -87,27 +91,21 @@ def create_trigger(workspace: Workspace, record: ScheduleRecord, published, data
     record.polling_interval = float(polling_interval)
     record.data_path_parameter_name = data_path_parameter_name
     _write_seen(workspace, record, _listing(store, record.path_on_datastore))
-    record.automation_id = _create_automation(record)
+    record.automation_id = _create_automation(workspace, record)
 
 
 def _write_seen(workspace: Workspace, record: ScheduleRecord, listing: dict[str, str]) -> None:
-    from prefect_aml.tasks.reuse import write_json
-
-    write_json(workspace.get_default_datastore(), _seen_path(record.schedule_id), listing)
+    write_json(workspace.get_default_datastore(), trigger_seen_path(record.schedule_id), listing)
 
 
-def _create_automation(record: ScheduleRecord) -> str:
-    from prefect.automations import Automation
-    from prefect.events.actions import RunDeployment
-    from prefect.events.schemas.automations import EventTrigger, Posture
-
+def _create_automation(workspace: Workspace, record: ScheduleRecord) -> str:
     parameters: dict[str, Any] = dict(record.pipeline_parameters)
     if record.data_path_parameter_name:
         parameters[record.data_path_parameter_name] = {
             "datastore": record.datastore,
             "path": {"__prefect_kind": "jinja", "template": "{{ event.payload.path }}"}}
     automation = Automation(
-        name=f"aml-schedule-{record.schedule_id}",
+        name=f"{SCHEDULE_SLUG_PREFIX}{record.schedule_id}",
         description=f"prefect-aml datastore trigger {record.name!r}: runs the pipeline when files under "
                     f"{record.datastore}:{record.path_on_datastore or '/'} change.",
         enabled=record.status == "Active",
@@ -115,22 +113,17 @@ def _create_automation(record: ScheduleRecord) -> str:
                              posture=Posture.Reactive, threshold=1),
         actions=[RunDeployment(source="selected", deployment_id=uuid.UUID(record.deployment_id),
                                parameters=parameters)])
-    return str(automation.create(_sync=True).id)
+    with workspace.prefect():
+        return str(automation.create(_sync=True).id)
 
 
 def update_trigger(workspace: Workspace, record: ScheduleRecord, datastore=None, polling_interval=None,
                    data_path_parameter_name=None, path_on_datastore=None) -> None:
     """Apply changed settings: the automation is replaced (its id changes), the seen files re-noted."""
-    from prefect.client.orchestration import get_client
-
-    from prefect_aml.deployments.published import PublishedPipeline
-
     published = PublishedPipeline.get(workspace, record.pipeline_id) if record.pipeline_id else None
     if published is None:
-        from prefect_aml.deployments.endpoint import PipelineEndpoint
-
         published = PipelineEndpoint.get(workspace, id=record.pipeline_endpoint_id).get_pipeline()
-    with get_client(sync_client=True) as client:
+    with workspace.client() as client:
         delete_trigger(client, record)
     create_trigger(workspace, record, published, datastore or record.datastore,
                    record.path_on_datastore if path_on_datastore is None else path_on_datastore,
@@ -146,22 +139,15 @@ def delete_trigger(client, record: ScheduleRecord) -> None:
             pass
 
 
-def schedule_for_automation(automation_id: str):
-    from prefect.client.orchestration import get_client
+def _emit(workspace: Workspace, event: Event) -> None:
+    """Send one event to the workspace's API, now (a client of its own: no background worker to outlive)."""
+    async def send() -> None:
+        async with client:
+            await client.emit(event)
 
-    from prefect_aml.blocks import saved_blocks
-    from prefect_aml.blocks.published import ScheduleRecord
-
-    with get_client(sync_client=True) as client:
-        return next((r for r in saved_blocks(client, ScheduleRecord) if r.automation_id == automation_id), None)
-
-
-def automation_of(flow_run) -> str | None:
-    """The automation that created a flow run (from its idempotency key), if one did."""
-    key = getattr(flow_run, "idempotency_key", None) or ""
-    if key.startswith("automation "):
-        return key.split(",", 1)[0].removeprefix("automation ").strip()
-    return None
+    with workspace.prefect():
+        client = get_events_client()
+    run_coro_as_sync(send())
 
 
 def common_folder(paths: list[str]) -> str:
@@ -170,21 +156,16 @@ def common_folder(paths: list[str]) -> str:
 
 def poll_once(workspace: Workspace, record: ScheduleRecord) -> list[str]:
     """One poll of one trigger: emit the event when files were added or changed; returns the changed paths."""
-    from prefect.events import emit_event
-
-    from prefect_aml.datastore import Datastore
-    from prefect_aml.tasks.reuse import read_json
-
     store = Datastore.get(workspace, record.datastore)
     default = workspace.get_default_datastore()
-    seen = read_json(default, _seen_path(record.schedule_id)) or {}
+    seen = read_json(default, trigger_seen_path(record.schedule_id)) or {}
     now = _listing(store, record.path_on_datastore or "")
     changed = sorted(p for p, sig in now.items() if seen.get(p) != sig)
     if changed:
-        emit_event(event=EVENT, resource={"prefect.resource.id": _resource_id(record.schedule_id),
-                                          "prefect.resource.name": record.name},
-                   payload={"datastore": record.datastore, "path": common_folder(changed), "paths": changed[:1000],
-                            "count": len(changed), "schedule": record.name})
+        _emit(workspace, Event(event=EVENT, resource=Resource({"prefect.resource.id": _resource_id(record.schedule_id),
+                                                               "prefect.resource.name": record.name}),
+                               payload={"datastore": record.datastore, "path": common_folder(changed),
+                                        "paths": changed[:1000], "count": len(changed), "schedule": record.name}))
     if now != seen:
         _write_seen(workspace, record, now)
     return changed
@@ -192,15 +173,12 @@ def poll_once(workspace: Workspace, record: ScheduleRecord) -> list[str]:
 
 def watch(workspace: Workspace, stop: threading.Event | None = None, log=print) -> None:
     """Poll every active datastore trigger at its interval until `stop` is set (the `triggers watch` command)."""
-    from prefect.events.clients import get_events_client  # noqa: F401  (the emitter's worker keeps running)
-
-    from prefect_aml.deployments.schedule import _records
-
     stop = stop or threading.Event()
     due: dict[str, float] = {}
     while not stop.is_set():
         try:
-            records = [r for r in _records(workspace) if r.recurrence is None and r.status == "Active"]
+            records = [r for r in list_records(ScheduleRecord, workspace)
+                       if r.recurrence is None and r.status == "Active"]
         except Exception as err:  # the API blinked: try again shortly
             log(f"prefect-aml triggers: cannot list schedules ({err}); retrying")
             stop.wait(5)

@@ -9,7 +9,11 @@ cannot be reached or has dropped, `ok` is False and the waiter polls as it would
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
+
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
 CONNECT_TIMEOUT_S = 5.0
 CHECK_S = 5.0  # a waiter asks the server at least this often, even when it hears nothing
@@ -24,7 +28,9 @@ class RunEvents:
         self._changed = threading.Event()
         self._ready = threading.Event()
         self._stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True, name="aml-run-events").start()
+        # with this context: a workspace's Prefect settings (`with ws.prefect():`) reach the subscriber
+        threading.Thread(target=contextvars.copy_context().run, args=(self._run,), daemon=True,
+                         name="aml-run-events").start()
         self._ready.wait(connect_timeout)
 
     def wait(self, timeout: float) -> bool:
@@ -55,9 +61,6 @@ class RunEvents:
             self._changed.set()
 
     async def _listen(self) -> None:
-        from prefect.events.clients import get_events_subscriber
-        from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
-
         about_this_run = EventFilter(
             event=EventNameFilter(prefix=["prefect.flow-run.", "prefect.task-run."]),
             any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{self.flow_run_id}"]))

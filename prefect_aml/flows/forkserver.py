@@ -10,17 +10,19 @@ asks. Each child takes the submitting process's environment and working director
 run's log file. Off with PREFECT_AML_FORKSERVER=0; where fork or abstract sockets are missing
 (not Linux), runs start the plain way.
 
-    python -m prefect_aml.flows.forkserver <address without its leading NUL>
+This module is the client side (`start_run`, `serving`, `stop`); the server is
+`python -m prefect_aml.flows.runner_server <address without its leading NUL>`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import os
-import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,13 +45,9 @@ def address() -> str:
 @functools.cache
 def _code_fingerprint() -> str:
     """The interpreter, user and code this process runs: computed once (it loaded that code once)."""
-    import prefect
-
-    import prefect_aml
-
     exe = os.path.normpath(os.path.abspath(sys.executable))  # `../../.venv/bin/python` and `.venv/bin/python` alike
-    h = hashlib.sha256(f"{exe}\0{sys.prefix}\0{os.getuid()}\0{prefect.__version__}".encode())
-    for p in sorted(Path(prefect_aml.__file__).parent.rglob("*.py")):
+    h = hashlib.sha256(f"{exe}\0{sys.prefix}\0{os.getuid()}\0{importlib.metadata.version('prefect')}".encode())
+    for p in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
         st = p.stat()
         h.update(f"{p}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
     return h.hexdigest()
@@ -91,19 +89,16 @@ def _request(addr: str, message: dict, timeout: float = 10.0) -> dict | None:
         return _reply(s)
 
 
-def start_run(flow_run_id: str, log_path: str | os.PathLike) -> socket.socket | None:
-    """Hand a flow run to the warm runner. The connection is returned open: the runner writes a line on it
-    when the run has ended, and it closes when the runner exits. None when no warm runner is serving
-    (one is started for later runs)."""
+def start_run(flow_run_id: str, log_path: str | os.PathLike, env: dict[str, str]) -> socket.socket | None:
+    """Hand a flow run to the warm runner, to run with environment `env`. The connection is returned open: the
+    runner writes a line on it when the run has ended, and it closes when the runner exits. None when no warm
+    runner is serving (one is started for later runs)."""
     if not enabled():
         return None
     addr = address()
-    s = _send(addr, {"flow_run_id": flow_run_id, "env": dict(os.environ), "cwd": os.getcwd(),
-                     "log": str(log_path)}, 10.0)
+    s = _send(addr, {"flow_run_id": flow_run_id, "env": env, "cwd": os.getcwd(), "log": str(log_path)}, 10.0)
     if s is None:
-        import subprocess
-
-        subprocess.Popen([sys.executable, "-m", "prefect_aml.flows.forkserver", addr.lstrip("\0")],
+        subprocess.Popen([sys.executable, "-m", "prefect_aml.flows.runner_server", addr.lstrip("\0")],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True, cwd="/")
         return None
@@ -120,98 +115,3 @@ def serving() -> int | None:
 def stop() -> bool:
     """Stop the warm runner of this interpreter and code (runs it already started go on)."""
     return enabled() and _request(address(), {"stop": True}, timeout=5.0) is not None
-
-
-def _child(request: dict, conn: socket.socket) -> None:
-    """In the forked child: become the runner of one flow run, say on `conn` that it has ended, exit."""
-    code = 1
-    try:
-        os.setsid()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server's SIG_IGN would hide the steps' exit codes
-        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        import tempfile
-
-        from prefect.context import refresh_global_settings_context
-
-        tempfile.tempdir = None  # TMPDIR as the submitter has it
-        refresh_global_settings_context()
-        from prefect_aml.flows import runner
-
-        code = runner.main(request["flow_run_id"], on_end=functools.partial(_tell_ended, conn))
-    except BaseException:  # noqa: BLE001 - whatever happens, this process must not return into the server loop
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            _tell_ended(conn)  # if the run ended otherwise (its final state never recorded here)
-            os._exit(code)
-
-
-def _tell_ended(conn: socket.socket) -> None:
-    """Say on the submitter's connection that the run has ended (once): waiting for it then asks the server."""
-    if conn.fileno() < 0:
-        return
-    try:
-        conn.sendall(b'{"ended": true}\n')
-    except OSError:  # the submitter is gone
-        pass
-    conn.close()
-
-
-def serve(addr: str) -> int:
-    import threading
-
-    import prefect_aml.deployments.published  # noqa: F401 - what a runner loads to find its flow
-    import prefect_aml.flows.pipeline  # noqa: F401
-    from prefect_aml.flows import runner
-
-    runner.warm_up(dask=True)
-    if threading.active_count() != 1:  # forking a process with threads is not safe: let runs start the plain way
-        return 1
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        server.bind(addr)
-    except OSError:  # another server holds this address
-        return 0
-    server.listen(64)
-    server.settimeout(IDLE_SECONDS)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    while True:
-        try:
-            conn, _ = server.accept()
-        except TimeoutError:
-            return 0
-        with conn:
-            try:
-                conn.settimeout(10)
-                request = json.loads(conn.makefile("rb").readline())
-            except (OSError, ValueError):
-                continue
-            if request.get("stop"):
-                conn.sendall(b"{}\n")
-                return 0
-            if request.get("ping"):
-                conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
-                continue
-            pid = os.fork()
-            if pid == 0:
-                server.close()
-                _child(request, conn)
-            try:
-                conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-            except OSError:
-                pass
-
-
-if __name__ == "__main__":
-    sys.exit(serve("\0" + sys.argv[1]))

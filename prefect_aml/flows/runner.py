@@ -8,91 +8,32 @@ marks the run and its running steps Cancelled.
 
 from __future__ import annotations
 
-import os
+import copy
+import gc
+import importlib
+import logging
 import sys
 import threading
 from contextlib import nullcontext
 from uuid import UUID
 
+from prefect.client.orchestration import get_client
+from prefect.events.worker import EventsWorker
+from prefect.flow_engine import run_flow
+from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
 
-def watch_for_cancel(flow_run_id: UUID, done: threading.Event, in_thread: bool = False) -> None:
-    """Until `done`: when the run (a pipeline run, or a step's flow run on a work pool) is cancelled, cancel
-    its unfinished steps and stop their scripts.
-
-    The run's Cancelling event is subscribed to on Prefect's events stream (polling its state every second
-    while the stream is unavailable), from a second after the run started: a run that ends sooner costs the
-    server nothing. In a runner process of its own the process then exits; in a worker's thread only this
-    run's scripts are stopped (its steps then fail, and no new step starts)."""
-    import asyncio
-
-    from prefect._internal.observers import FlowRunCancellingObserver
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
-    cancelling, unavailable = threading.Event(), threading.Event()
-    only_this_run = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Cancelling"]),
-                                resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]))
-
-    async def observe() -> None:
-        async with FlowRunCancellingObserver(lambda _: cancelling.set(), polling_interval=1.0,
-                                             event_filter=only_this_run, on_failure=lambda _: unavailable.set()
-                                             ) as observer:
-            observer.add_in_flight_flow_run_id(flow_run_id)
-            # cancelled before the subscription began (its event may not be stored for the stream's backfill yet)
-            async with get_client() as client:
-                if (await client.read_flow_run(flow_run_id)).state_type == StateType.CANCELLING:
-                    cancelling.set()
-            while not (done.is_set() or cancelling.is_set() or unavailable.is_set()):
-                await asyncio.sleep(0.1)
-
-    while not done.wait(1.0):  # and after the API did not answer, a second later again
-        unavailable.clear()
-        try:
-            asyncio.run(observe())
-        except Exception:
-            continue
-        if cancelling.is_set() and not done.is_set():
-            _cancel_run(flow_run_id, in_thread)
-            return
-
-
-def _cancel_run(flow_run_id: UUID, in_thread: bool) -> None:
-    """Mark the cancelled run's unfinished steps (task runs, and flow runs on work pools) and the run Cancelled,
-    then stop its scripts."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
-    from prefect.states import Cancelled, Cancelling, StateType
-
-    from prefect_aml.tasks.step import terminate_active_steps
-
-    with get_client(sync_client=True) as client:
-        flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        active = (StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED)
-        for tr in client.read_task_runs(flow_run_filter=flt):
-            if tr.state_type in active:
-                client.set_task_run_state(tr.id, Cancelled(message="The pipeline run was canceled."), force=True)
-        # steps sent to work pools: their workers stop them when they see Cancelling
-        children = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
-        for fr in client.read_flow_runs(flow_run_filter=children):
-            if fr.state_type in active:
-                state = Cancelling if fr.state_type == StateType.RUNNING else Cancelled
-                client.set_flow_run_state(fr.id, state(message="The pipeline run was canceled."), force=True)
-        client.set_flow_run_state(flow_run_id, Cancelled(message="The pipeline run was canceled."), force=True)
-    if in_thread:
-        terminate_active_steps(str(flow_run_id))
-        return
-    terminate_active_steps()  # after the states are set, so the engine cannot record a failure first
-    os._exit(0)
-
+from prefect_aml import _tls
+from prefect_aml.flows.cancel import watch_for_cancel
+from prefect_aml.flows.pipeline import aml_pipeline, prepared
+from prefect_aml.flows.published import flow_for_run
 
 # what a pipeline run imports on its way; imported before the run starts (as a worker loads a flow
 # before running it), so a fresh runner's first steps do not pay for them inside the run
 WARM_MODULES = (
     "anyio._backends._asyncio", "zipfile", "prefect.flow_engine", "prefect.task_engine", "prefect.utilities.visualization",
     "prefect.concurrency.sync", "prefect.locking.filesystem", "prefect.artifacts",
-    "prefect_aml.flows.submit", "prefect_aml.tasks.step", "prefect_aml.tasks.snapshots", "prefect_aml.tasks.locks",
-    "prefect_aml._transfer", "prefect_aml._azureml", "prefect_aml._embedded", "encodings.cp437",
+    "prefect_aml.tasks.step", "prefect_aml.tasks.snapshots", "prefect_aml.tasks.locks", "prefect_aml._transfer",
+    "prefect_aml._azureml", "prefect_aml._embedded", "encodings.cp437",
 )
 
 
@@ -102,11 +43,6 @@ DASK_MODULES = ("distributed", "prefect_dask.task_runners")
 
 
 def warm_up(dask: bool = False) -> None:
-    import gc
-    import importlib
-
-    from prefect_aml import _tls
-
     for name in WARM_MODULES + (DASK_MODULES if dask else ()):
         importlib.import_module(name)
     _tls.warm()
@@ -120,11 +56,6 @@ def _start_services() -> None:
     and set up, not when it emits its first event. This process's console is a log file (the runner's
     log): its lines are written as plain text, not through rich's console renderer (~1-2 ms of CPU
     per line, as much as Prefect spends on a task run)."""
-    import logging
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
-
     EventsWorker.instance()
     APILogWorker.instance()
     root = logging.getLogger()
@@ -142,8 +73,6 @@ def _start_services() -> None:
 def _with_end_hook(fn, on_end):
     """`fn` with `on_end` called once its run's final state is recorded (before Prefect's engine winds down,
     which can take another second: the heartbeat thread is joined)."""
-    import copy
-
     def tell_submitter(flow, flow_run, state) -> None:
         on_end()
 
@@ -155,12 +84,6 @@ def _with_end_hook(fn, on_end):
 
 def main(flow_run_id: str, on_end=None) -> int:
     """Run flow run `flow_run_id` here; `on_end()` is called when its final state is recorded."""
-    from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow
-
-    from prefect_aml.deployments.published import flow_for_run
-    from prefect_aml.flows.pipeline import aml_pipeline, prepared
-
     warm_up()
     _start_services()
     run_id = UUID(flow_run_id)

@@ -19,13 +19,29 @@ import threading
 import time
 from contextlib import ExitStack
 from typing import Any
+from uuid import UUID
 
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType, WorkerStatus
+from prefect.context import get_run_context
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.states import Cancelled, Crashed
+from prefect.utilities.callables import parameter_schema
 
-STEP_FLOW_NAME = "aml-step"
+from prefect_aml._home import aml_home
+from prefect_aml.compute import DEFAULT_WORKER_WAIT_S, WORKER_WAIT_ENV
+from prefect_aml.exceptions import StepFailedError
+from prefect_aml.flows.cancel import watch_for_cancel
+from prefect_aml.flows.events import CHECK_S, RunEvents
+from prefect_aml.names import COMPUTE_TAG, HEARTBEAT_FILE, STEP_FLOW, STEP_TAG, run_dir
+from prefect_aml.pipeline.spec import StepSpec
+from prefect_aml.records import read_json, write_json
+from prefect_aml.tasks.context import RunContext, StepPlan, StepResult
+from prefect_aml.tasks.step import execute_step, wait_for_scratch_removal
+
 HEARTBEAT_ENV = "PREFECT_AML_STEP_HEARTBEAT_SECONDS"
 DEFAULT_HEARTBEAT_S = 10.0
-HEARTBEAT_FILE = "heartbeat.json"
 API_PATIENCE_S = 300.0  # how long a step waits through an unreachable Prefect API before it gives up
 
 
@@ -34,32 +50,24 @@ def heartbeat_seconds() -> float:
 
 
 def worker_wait_seconds() -> float:
-    from prefect_aml.compute import DEFAULT_WORKER_WAIT_S, WORKER_WAIT_ENV
-
     return float(os.environ.get(WORKER_WAIT_ENV) or DEFAULT_WORKER_WAIT_S)
 
 
-@flow(name=STEP_FLOW_NAME, persist_result=False, validate_parameters=False)
+@flow(name=STEP_FLOW, persist_result=False, validate_parameters=False)
 def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str, heartbeat_s: float = 10.0) -> dict:
     """Run one pipeline step on this worker (started by the pool's worker, not by hand)."""
-    from prefect.context import get_run_context
-
-    from prefect_aml._home import aml_home
-    from prefect_aml.flows.runner import watch_for_cancel
-    from prefect_aml.tasks.step import StepContext, execute_step, run_dir, wait_for_scratch_removal
-
+    run_ctx = RunContext.model_validate(ctx)
     # this machine's home for caches and locks; the submitter's home may not exist here
-    ctx = {**ctx, "workspace": {**ctx["workspace"], "home": str(aml_home())}}
-    store = StepContext(ctx).default_store
-    path = f"{run_dir(ctx, step['name'])}/{HEARTBEAT_FILE}"
+    run_ctx.workspace = {**run_ctx.workspace, "home": str(aml_home())}
+    spec = StepSpec.model_validate(step)
+    store = run_ctx.default_store
+    path = f"{run_dir(run_ctx.run_id, spec.name)}/{HEARTBEAT_FILE}"
     stop = threading.Event()
 
     flow_run_id = get_run_context().flow_run.id
 
     def beat() -> None:
         """Heartbeats for the pipeline that waits: one now, then one every `heartbeat_s`."""
-        from prefect_aml.tasks.reuse import write_json
-
         n = 0
         while True:
             try:
@@ -75,7 +83,9 @@ def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str
     threading.Thread(target=watch_for_cancel, args=(flow_run_id, stop, True), daemon=True,
                      name="aml-step-cancel").start()
     try:
-        return execute_step(step, plan, ctx, upstream, task_run_id)
+        result = execute_step(spec, StepPlan.model_validate(plan), run_ctx,
+                              {k: StepResult.model_validate(v) for k, v in upstream.items()}, task_run_id)
+        return result.model_dump(mode="json")
     finally:
         stop.set()
         wait_for_scratch_removal()
@@ -83,13 +93,11 @@ def aml_step(step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str
 
 def ensure_step_deployment(client, pool: str):
     """The `aml-step/<pool>` deployment its workers run steps from (created or updated; idempotent)."""
-    return ensure_deployment(client, STEP_FLOW_NAME, pool, aml_step)
+    return ensure_deployment(client, STEP_FLOW, pool, aml_step)
 
 
 def ensure_deployment(client, flow_name: str, pool: str, fn):
     """The `<flow_name>/<pool>` deployment of one of prefect-aml's own flows (created or updated)."""
-    from prefect.utilities.callables import parameter_schema
-
     flow_id = client.create_flow_from_name(flow_name)
     # the code is prefect-aml itself (installed on the worker, or in the image); the step's own code comes
     # from its snapshot. A pull step is needed all the same: without one, Prefect copies the run's working
@@ -122,36 +130,27 @@ def _failure_message(state) -> str:
     return msg
 
 
-def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_run_id: str, logger) -> dict:
+def run_on_pool(spec: StepSpec, plan: StepPlan, ctx: RunContext, upstream: dict[str, StepResult], task_run_id: str,
+                logger) -> StepResult:
     """Send a step to its compute's work pool and wait for it; returns what the step task returns."""
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import StateType, WorkerStatus
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-    from prefect.states import Cancelled, Crashed
-
-    from prefect_aml.exceptions import StepFailedError
-    from prefect_aml.flows.events import CHECK_S, RunEvents
-    from prefect_aml.tasks.reuse import read_json
-    from prefect_aml.tasks.step import StepContext, run_dir
-
     compute = spec.compute
     pool = compute["pool"]
     beat_s = heartbeat_seconds()
     wait_s = worker_wait_seconds()
-    store = StepContext(ctx).default_store
-    hb_path = f"{run_dir(ctx, spec.name)}/{HEARTBEAT_FILE}"
+    store = ctx.default_store
+    hb_path = f"{run_dir(ctx.run_id, spec.name)}/{HEARTBEAT_FILE}"
     with get_client(sync_client=True) as client, ExitStack() as stack:
         try:
-            deployment = client.read_deployment_by_name(f"{STEP_FLOW_NAME}/{pool}")
+            deployment = client.read_deployment_by_name(f"{STEP_FLOW}/{pool}")
         except ObjectNotFound:  # e.g. the pool was made before this version: make it now
             deployment = client.read_deployment(ensure_step_deployment(client, pool))
         for attempt in range(60):
             try:
                 run = client.create_flow_run_from_deployment(
-                    deployment.id, name=f"{spec.name}", tags=["aml-step", f"aml-compute:{compute['name']}"],
-                    parameters={"step": step, "plan": plan, "ctx": ctx, "upstream": upstream,
+                    deployment.id, name=f"{spec.name}", tags=[STEP_TAG, f"{COMPUTE_TAG}{compute['name']}"],
+                    parameters={"step": spec.model_dump(mode="json"), "plan": plan.model_dump(mode="json"),
+                                "ctx": ctx.model_dump(mode="json"),
+                                "upstream": {k: v.model_dump(mode="json") for k, v in upstream.items()},
                                 "task_run_id": task_run_id, "heartbeat_s": beat_s},
                     job_variables=_job_variables(compute, spec.environment), parent_task_run_id=UUID(task_run_id))
                 break
@@ -161,7 +160,7 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
                 if err.response.status_code != 409 or attempt == 59:
                     raise
                 time.sleep(0.25)
-        ui = ctx.get("ui_url")
+        ui = ctx.ui_url
         logger.info(f"Step {spec.name!r} sent to compute {compute['name']!r} (work pool {pool!r}) as flow run "
                     f"{run.id}" + (f": {ui}/runs/flow-run/{run.id}" if ui else ""))
         created = time.monotonic()
@@ -190,8 +189,8 @@ def run_on_pool(spec, step: dict, plan: dict, ctx: dict, upstream: dict, task_ru
             now = time.monotonic()
             if state.is_final():
                 if state.is_completed():
-                    return {"step": spec.name, "key": plan["key"], "out_key": plan["out_key"],
-                            "outputs": plan["outputs"], "task_run_id": task_run_id, "pipeline_run_id": ctx["run_id"]}
+                    return StepResult(step=spec.name, key=plan.key, out_key=plan.out_key, outputs=plan.outputs,
+                                      task_run_id=task_run_id, pipeline_run_id=ctx.run_id)
                 raise StepFailedError(f"Step {spec.name!r} on compute {compute['name']!r} ended {state.name}: "
                                       f"{_failure_message(state)}")
             if state.type == StateType.RUNNING:

@@ -11,10 +11,22 @@ runs it. The pool stays of type `process`, so
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+from contextlib import nullcontext
 from typing import Any
 
 import anyio
+from prefect.client.orchestration import get_client
+from prefect.flow_engine import run_flow
 from prefect.workers.process import ProcessWorker, ProcessWorkerResult
+
+from prefect_aml.flows.cancel import watch_for_cancel
+from prefect_aml.flows.pipeline import aml_pipeline, prepared
+from prefect_aml.flows.published import flow_for_run
+from prefect_aml.flows.step import aml_step
+from prefect_aml.names import PIPELINE_TAG, PUBLISHED_TAG, STEP_FLOW, STEP_TAG
 
 _MARK = "aml-step-thread:"
 
@@ -34,7 +46,7 @@ class AmlProcessWorker(ProcessWorker):
             return await super().run(flow_run, configuration, task_status)
         if task_status is not None:
             task_status.started(f"{_MARK}{flow_run.id}")
-        if fn.name != "aml-step":
+        if fn.name != STEP_FLOW:
             # a pipeline flow only orchestrates: it does not hold one of this worker's slots (`--limit`),
             # so a one-slot worker can run the steps it sends to its own pool
             self._release_limit_slot(flow_run.id)
@@ -45,17 +57,11 @@ class AmlProcessWorker(ProcessWorker):
     def _own_flow(flow_run):
         """prefect-aml's step and pipeline flows run warm; everything else as Prefect runs it."""
         tags, params = set(flow_run.tags or []), flow_run.parameters or {}
-        if "aml-step" in tags and "task_run_id" in params:
-            from prefect_aml.flows.step import aml_step
-
+        if STEP_TAG in tags and "task_run_id" in params:
             return aml_step
-        if "aml-pipeline" in tags and "spec_path" in params:
-            from prefect_aml.flows.pipeline import aml_pipeline
-
+        if PIPELINE_TAG in tags and "spec_path" in params:
             return aml_pipeline
-        if "aml-pipeline" in tags and any(t.startswith("aml-published:") for t in tags):
-            from prefect_aml.deployments.published import flow_for_run
-
+        if PIPELINE_TAG in tags and any(t.startswith(PUBLISHED_TAG) for t in tags):
             try:
                 return flow_for_run(flow_run)
             except AttributeError:  # its record is gone: Prefect's own path reports it
@@ -63,16 +69,8 @@ class AmlProcessWorker(ProcessWorker):
         return None
 
     def _run_warm(self, fn, flow_run) -> int:
-        import threading
-        from contextlib import nullcontext
-
-        from prefect.flow_engine import run_flow
-
-        from prefect_aml.flows.pipeline import aml_pipeline, prepared
-        from prefect_aml.flows.runner import watch_for_cancel
-
         done = threading.Event()
-        if fn.name != "aml-step":  # the step flow watches for its own cancellation
+        if fn.name != STEP_FLOW:  # the step flow watches for its own cancellation
             threading.Thread(target=watch_for_cancel, args=(flow_run.id, done, True), daemon=True).start()
         try:
             with prepared(flow_run) if fn is aml_pipeline else nullcontext():
@@ -88,12 +86,7 @@ def _leave_pool_on_signal(pool: str, worker: AmlProcessWorker) -> None:
 
     Without that a stopped worker reads "online" until its heartbeat ages out, and runs sent to the
     pool meanwhile (a published pipeline's `submit`, a step) would wait for it."""
-    import os
-    import signal
-
     def leave(signum, _frame) -> None:
-        from prefect.client.orchestration import get_client
-
         try:
             with get_client(sync_client=True) as client:
                 client._client.delete(f"/work_pools/{pool}/workers/{worker.name}", timeout=3)

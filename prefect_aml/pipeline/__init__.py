@@ -1,5 +1,6 @@
 """What the user builds: pipelines, steps, parameters and data references. No network calls here."""
 
+from prefect_aml.pipeline import port
 from prefect_aml.pipeline.data import (
     DataPath,
     DataPathComputeBinding,
@@ -17,5 +18,5 @@ from prefect_aml.pipeline.steps import CommandStep, PipelineStep, PythonScriptSt
 __all__ = [
     "CommandStep", "DataPath", "DataPathComputeBinding", "DataReference", "InputPort", "OutputFileDatasetConfig",
     "OutputTabularDatasetConfig", "Pipeline", "PipelineData", "PipelineParameter", "PipelineSpec", "PipelineStep",
-    "PythonScriptStep", "StepSequence", "StepSpec",
+    "PythonScriptStep", "StepSequence", "StepSpec", "port",
 ]

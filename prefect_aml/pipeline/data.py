@@ -9,9 +9,26 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from prefect_aml import _expr
 from prefect_aml.exceptions import PipelineValidationError
 
 _counter = itertools.count()
+
+
+def partition_option(partition_format: str | None) -> dict:
+    """The read option of a `partition_format` ('{year}/{month}/*.csv'); a bad format fails now, not at a read."""
+    if not partition_format:
+        return {}
+    _expr.parse_partition_format(partition_format)
+    return {"partition_format": partition_format}
+
+
+def tabular_options(fmt: str, include_path: bool, set_column_types, partition_format: str | None, **more) -> dict:
+    """How a TabularDataset reads its files (delimited or parquet), as it is kept in a definition."""
+    options = {"format": fmt, "include_path": bool(include_path), **more, **partition_option(partition_format)}
+    if set_column_types:
+        options["column_types"] = {str(c): _expr.type_name(t) for c, t in dict(set_column_types).items()}
+    return options
 
 
 def datastore_name(datastore: Any) -> str | None:
@@ -215,18 +232,14 @@ class OutputFileDatasetConfig(_StepOutput):
                              partition_format: str | None = None, path_glob: str | None = None,
                              set_column_types=None) -> OutputTabularDatasetConfig:
         """Consume this output as a TabularDataset of delimited files (the next step gets the dataset)."""
-        from prefect_aml.dataset import _tabular_options
-
-        return OutputTabularDatasetConfig(self, _tabular_options(
+        return OutputTabularDatasetConfig(self, tabular_options(
             "delimited", include_path, set_column_types, partition_format, separator=separator,
             header=bool(header), infer_column_types=True), path_glob)
 
     def read_parquet_files(self, include_path: bool = False, partition_format: str | None = None,
                            path_glob: str | None = None, set_column_types=None) -> OutputTabularDatasetConfig:
         """Consume this output as a TabularDataset of parquet files (the next step gets the dataset)."""
-        from prefect_aml.dataset import _tabular_options
-
-        return OutputTabularDatasetConfig(self, _tabular_options(
+        return OutputTabularDatasetConfig(self, tabular_options(
             "parquet", include_path, set_column_types, partition_format), path_glob)
 
     def __repr__(self) -> str:

@@ -8,14 +8,18 @@ from prefect_aml.exceptions import PipelineValidationError
 from prefect_aml.pipeline.data import DataPath
 
 _TYPES = {bool: "bool", int: "int", float: "float", str: "str", DataPath: "DataPath"}
+# the Python type of each parameter type in a published pipeline's flow signature (the UI's form)
+ANNOTATIONS = {"int": int, "float": float, "str": str, "bool": bool, "DataPath": dict}
 
 
-def type_name(value: Any) -> str:
+def type_name(value: Any, param_name: str | None = None) -> str:
     for py, name in _TYPES.items():  # bool before int: True is an int too
         if type(value) is py or (py is DataPath and isinstance(value, DataPath)):
             return name
+    named = f" {param_name!r}" if param_name else ""
     raise PipelineValidationError(
-        f"PipelineParameter default {value!r} has type {type(value).__name__}; use int, float, str, bool or DataPath."
+        f"PipelineParameter{named}: default {value!r} has type {type(value).__name__}; use int, float, str, bool or "
+        "DataPath."
     )
 
 
@@ -49,7 +53,7 @@ class PipelineParameter:
             )
         self.name = name
         self.default_value = default_value
-        self.type = type_name(default_value)
+        self.type = type_name(default_value, name)
 
     def _default_spec(self) -> Any:
         return self.default_value._spec() if isinstance(self.default_value, DataPath) else self.default_value

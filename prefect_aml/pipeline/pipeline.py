@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from prefect_aml.exceptions import CircularDependencyError, OutputNotUniqueError, PipelineValidationError
-from prefect_aml.pipeline.data import DataPath, InputPort, OutputFileDatasetConfig, PipelineData, _StepOutput
+from prefect_aml.pipeline import port
+from prefect_aml.pipeline.data import (
+    DataPath,
+    InputPort,
+    OutputFileDatasetConfig,
+    PipelineData,
+    _StepOutput,
+    datastore_name,
+)
 from prefect_aml.pipeline.params import PipelineParameter, coerce
 from prefect_aml.pipeline.spec import ArgSpec, InputSpec, OutputSpec, ParamSpec, PipelineSpec, StepSpec
 from prefect_aml.pipeline.steps import CommandStep, PipelineStep, PythonScriptStep, _compute_name
@@ -44,8 +52,6 @@ class Pipeline:
 
     def __init__(self, workspace, steps, description: str | None = None, default_datastore=None,
                  default_source_directory=None, resolve_closure: bool = True, **_kwargs: Any):
-        from prefect_aml.pipeline.data import datastore_name
-
         self.workspace = workspace
         self.description = description
         self.default_datastore = datastore_name(default_datastore)
@@ -293,29 +299,29 @@ class Pipeline:
         i = next(k for k, o in enumerate(produced) if o is out)
         return "output" if i == 0 else f"output_{i}"
 
-    # -- running (the Prefect side lives in runs.py / flows/)
+    # -- running: the verbs the Prefect side installs (pipeline/port.py)
     def submit(self, experiment_name: str, pipeline_parameters: dict | None = None, continue_on_step_failure=False,
                regenerate_outputs: bool = False, parent_run_id=None, credential_passthrough=None, tags=None, **kw):
-        from prefect_aml.runs import Experiment
+        """Submit it to experiment `experiment_name` of its workspace; returns the `PipelineRun` at once."""
+        return port.verbs().submit(self, experiment_name, pipeline_parameters=pipeline_parameters,
+                                   continue_on_step_failure=continue_on_step_failure,
+                                   regenerate_outputs=regenerate_outputs, tags=tags,
+                                   pipeline_compute=kw.get("pipeline_compute"))
 
-        return Experiment(self.workspace, experiment_name).submit(
-            self, pipeline_parameters=pipeline_parameters, continue_on_step_failure=continue_on_step_failure,
-            regenerate_outputs=regenerate_outputs, tags=tags, pipeline_compute=kw.get("pipeline_compute"),
-        )
+    def _submit_to(self, experiment, pipeline_parameters: dict | None = None, tags: dict | None = None,
+                   **options: Any):
+        """What `Experiment.submit(pipeline, ...)` asks of the object it is given."""
+        return port.verbs().submit(self, experiment, pipeline_parameters=pipeline_parameters, tags=tags, **options)
 
     def publish(self, name: str | None = None, description: str | None = None, version: str | None = None,
                 continue_on_step_failure: bool | None = None, pipeline_compute=None):
         """Publish it as a parameterized Prefect deployment `<name>/<version>`; returns a `PublishedPipeline`."""
-        from prefect_aml.deployments.published import publish_pipeline
-
-        return publish_pipeline(self, name, description, version, continue_on_step_failure, pipeline_compute)
+        return port.verbs().publish(self, name, description, version, continue_on_step_failure, pipeline_compute)
 
     def explain_reuse(self, pipeline_parameters: dict | None = None, regenerate_outputs: bool = False,
                       show_output: bool = True) -> dict[str, str]:
         """Whether each step would be reused or run if submitted now, and why (runs nothing)."""
-        from prefect_aml.flows.submit import explain_reuse
-
-        explanations = explain_reuse(self, pipeline_parameters, regenerate_outputs)
+        explanations = port.verbs().explain_reuse(self, pipeline_parameters, regenerate_outputs)
         if show_output:
             for name, why in explanations.items():
                 print(f"  step {name}: {why}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from graphlib import TopologicalSorter
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -75,8 +76,6 @@ class PipelineSpec(BaseModel):
         raise KeyError(name)
 
     def order(self) -> list[str]:
-        from graphlib import TopologicalSorter
-
         return list(TopologicalSorter({s.name: s.upstream() for s in self.steps}).static_order())
 
     def mermaid(self) -> str:

@@ -141,9 +141,12 @@ class PipelineStep:
         return found
 
     def _environment(self) -> dict[str, Any]:
-        from prefect_aml.environment import environment_definition
-
-        return environment_definition(self.runconfig)
+        """The serialisable environment of the step's runconfig (an `Environment` gives its own definition)."""
+        env = getattr(self.runconfig, "environment", None)
+        if callable(getattr(env, "_definition", None)):
+            return env._definition()
+        variables = getattr(env, "environment_variables", None) or {}
+        return {"name": getattr(env, "name", None), "variables": {str(k): str(v) for k, v in variables.items()}}
 
     def _compute(self) -> Any:
         """The step's compute: `compute_target`, else its runconfig's `target`."""

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,56 +22,25 @@ from prefect.cache_policies import CachePolicy
 from prefect.filesystems import WritableFileSystem
 from pydantic import PrivateAttr
 
+from prefect_aml.blocks.datastores import LocalDatastore
+from prefect_aml.dataset import _Dataset
+from prefect_aml.datastore import Datastore
+from prefect_aml.names import (
+    CACHE_PREFIX,
+    LOCKS_DIR,
+    block_name_for,
+    cache_record_path,
+    derived_output_path,
+    last_record_path,
+    manifest_path,
+    reuse_record_path,
+)
 from prefect_aml.pipeline.spec import ArgSpec, PipelineSpec, StepSpec
-
-CACHE_PREFIX = "azureml/cache"
-REUSE_PREFIX = "azureml/reuse"
-STEPS_PREFIX = "azureml/steps"
-OUTPUTS_PREFIX = "azureml/outputs"
-MANIFESTS_PREFIX = "azureml/manifests"
-LOCAL_HASH_LIMIT = 16 * 1024 * 1024
-
-
-# -- small JSON files on a datastore -------------------------------------------------------------
-def read_json(store, path: str) -> dict | None:
-    fs = store.filesystem()
-    try:
-        with fs.open(store.full_path(path), "rb") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-
-
-def write_bytes(store, path: str, data: bytes) -> None:
-    """Write a file whole: to a temporary name first, then moved into place."""
-    import threading
-
-    from prefect_aml.blocks.datastores import LocalDatastore
-
-    target = store.full_path(path)
-    tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.partial"
-    if isinstance(store, LocalDatastore):  # the same, without fsspec's file objects (~6x faster)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-        return
-    fs = store.filesystem()
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, target)
-
-
-def write_json(store, path: str, data: dict) -> None:
-    write_bytes(store, path, json.dumps(data, indent=1, default=str).encode())
-
-
-def remove(store, path: str) -> None:
-    fs = store.filesystem()
-    try:
-        fs.rm(store.full_path(path))
-    except FileNotFoundError:
-        pass
+from prefect_aml.records import find_detail, fingerprint, read_json, remove, write_bytes
+from prefect_aml.tasks.context import OutputLocation, RunContext, StepPlan
+from prefect_aml.tasks.locks import LeasedFileLockManager, redis_lock_manager
+from prefect_aml.tasks.snapshots import select, stored_file_hashes
+from prefect_aml.workspace import Workspace
 
 
 # -- where Prefect keeps the cache records -------------------------------------------------------
@@ -88,8 +56,6 @@ class AmlResultStorage(WritableFileSystem):
     @classmethod
     def on(cls, store) -> AmlResultStorage:
         """The result storage on `store`, saved in the server (Prefect requires saved result storage)."""
-        from prefect_aml.blocks.datastores import block_name_for
-
         name = f"cache-{block_name_for(store.name)}"
         try:
             storage = cls.load(name)  # one read; saving registers the block type and schema every time
@@ -103,9 +69,6 @@ class AmlResultStorage(WritableFileSystem):
 
     def _datastore(self):
         if self._store is None:
-            from prefect_aml.datastore import Datastore
-            from prefect_aml.workspace import Workspace
-
             self._store = Datastore.get(Workspace(), self.datastore_name)
         return self._store
 
@@ -131,54 +94,18 @@ class AmlResultStorage(WritableFileSystem):
 
 def lock_manager_for(store, home: Path, redis_url: str | None):
     """Redis when configured (many machines); else file locks beside a local datastore or in the home."""
-    from prefect_aml.blocks.datastores import LocalDatastore
-    from prefect_aml.tasks.locks import LeasedFileLockManager, redis_lock_manager
-
     if redis_url:
         return redis_lock_manager(redis_url)
     if isinstance(store, LocalDatastore):
-        return LeasedFileLockManager(Path(store.root()) / "azureml" / "locks")
+        return LeasedFileLockManager(Path(store.root()) / LOCKS_DIR)
     return LeasedFileLockManager(home / "locks")
 
 
-def find_detail(fs, path: str) -> dict[str, dict]:
-    """`fs.find(path, detail=True)` as a dict for every filesystem (adlfs may answer with a list of names)."""
-    try:
-        found = fs.find(path, detail=True)
-    except FileNotFoundError:
-        return {}
-    if isinstance(found, list):
-        found = {i: fs.info(i) for i in found} if found and isinstance(found[0], str) else {i["name"]: i for i in found}
-    return found
-
-
 # -- the key -------------------------------------------------------------------------------------
-def file_tag(local: bool, path: str, info: dict) -> str:
-    """A file's identity: its content hash for a small local file, else its ETag (or modification time)."""
-    if local and (info.get("size") or 0) <= LOCAL_HASH_LIMIT:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
-    return str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("last_modified"))
-
-
-def digest(items: list) -> str:
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:24]
-
-
-def fingerprint(store, path: str) -> dict:
-    """Identity of data on a datastore: per file, its size and ETag (content hash for small local files)."""
-    fs = store.filesystem()
-    local = fs.protocol in ("file", ("file", "local"))
-    items = [[p, info.get("size"), file_tag(local, p, info)]
-             for p, info in sorted(find_detail(fs, store.full_path(path)).items())]
-    return {"files": len(items), "digest": digest(items)}
-
-
 def dataset_fingerprint(definition: dict, stores) -> dict:
     """Identity of the files a dataset definition matches (datastore, path, size, ETag or content hash).
 
     A registered version whose files changed since it was registered fails here, before anything runs."""
-    from prefect_aml.dataset import _Dataset
-
     return _Dataset._from_definition(definition, stores)._fingerprint(check=True)
 
 
@@ -210,15 +137,7 @@ def key_of(components: dict) -> str:
 def output_location(out, out_key: str, run_id: str) -> str:
     if out.destination:
         return out.destination.replace("{run-id}", run_id).replace("{output-name}", out.name).strip("/")
-    return f"{OUTPUTS_PREFIX}/{out_key}/{out.name}"
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "step"
-
-
-def last_record_path(step_name: str) -> str:
-    return f"{STEPS_PREFIX}/{_slug(step_name)}.json"
+    return derived_output_path(out_key, out.name)
 
 
 # -- validity of a cached result -----------------------------------------------------------------
@@ -299,64 +218,59 @@ def explain(components: dict, last: dict | None) -> list[str]:
 
 
 # -- the plan: keys and explanations for every step, before anything runs ------------------------
-def plan_pipeline(spec: PipelineSpec, ctx: dict, stores) -> dict[str, dict]:
-    """Keys, output locations and reuse explanations for every step, in dependency order."""
-    from prefect_aml.tasks.snapshots import select, stored_file_hashes
+def _input_identity(src: dict, plans: dict[str, StepPlan], params: dict, stores) -> dict:
+    if src["type"] == "step_output":
+        up = plans[src["step"]]
+        return {"upstream": src["step"], "key": up.out_key, "output": src["output"],
+                **({"tabular": src["tabular"]} if src.get("tabular") else {})}
+    if src["type"] == "dataset":
+        return {"dataset": {k: src[k] for k in ("kind", "paths", "options", "ops")},
+                "fingerprint": dataset_fingerprint(src, stores)}
+    if src["type"] == "param":
+        src = params[src["name"]]
+    store = stores(src.get("datastore"))
+    return {"datastore": store.name, "path": src["path"], "fingerprint": fingerprint(store, src["path"])}
 
-    params = ctx["parameters"]
-    plans: dict[str, dict] = {}
+
+def _reuse_decision(step: StepSpec, key: str, components: dict, source_files: dict, regenerate_outputs: bool,
+                    stores) -> dict:
+    """Whether the step will be reused (a valid record and Prefect's cache record) and why, in words."""
+    if not step.allow_reuse:
+        return {"will_reuse": False, "explanation": "will run: allow_reuse=False"}
+    if regenerate_outputs:
+        return {"will_reuse": False, "explanation": "will run: regenerate_outputs=True"}
+    default = stores(None)
+    record = read_json(default, reuse_record_path(key))
+    reason = invalid_reason(record, stores) if record else None
+    if record is not None and reason is None and default.filesystem().exists(default.full_path(cache_record_path(key))):
+        return {"will_reuse": True, "reused_from": record["task_run_id"], "record": record,
+                "explanation": f"will reuse run {record['task_run_id']} (pipeline run {record['pipeline_run_id']})"}
+    last = read_json(default, last_record_path(step.name))
+    why = [reason] if reason else explain({**components, "_source_files": source_files}, last)
+    return {"will_reuse": False, "explanation": "will run: " + ", ".join(why)}
+
+
+def plan_pipeline(spec: PipelineSpec, parameters: dict, run_id: str, regenerate_outputs: bool,
+                  stores) -> dict[str, StepPlan]:
+    """Keys, output locations and reuse explanations for every step, in dependency order."""
+    plans: dict[str, StepPlan] = {}
     file_maps: dict[str, dict] = {}
     for name in spec.order():
         step = spec.step(name)
-        inputs: dict[str, dict] = {}
-        for inp in step.inputs:
-            src = inp.source
-            if src["type"] == "step_output":
-                up = plans[src["step"]]
-                inputs[inp.name] = {"upstream": src["step"], "key": up["out_key"], "output": src["output"],
-                                    **({"tabular": src["tabular"]} if src.get("tabular") else {})}
-                continue
-            if src["type"] == "dataset":
-                inputs[inp.name] = {"dataset": {k: src[k] for k in ("kind", "paths", "options", "ops")},
-                                    "fingerprint": dataset_fingerprint(src, stores)}
-                continue
-            if src["type"] == "param":
-                src = params[src["name"]]
-            store = stores(src.get("datastore"))
-            inputs[inp.name] = {"datastore": store.name, "path": src["path"],
-                                "fingerprint": fingerprint(store, src["path"])}
-        components = components_of(step, params, inputs)
+        inputs = {inp.name: _input_identity(inp.source, plans, parameters, stores) for inp in step.inputs}
+        components = components_of(step, parameters, inputs)
         key = key_of(components)
-        out_key = key if step.allow_reuse else f"{key}-{ctx['run_id'][:8]}"
-        outputs = {}
-        for out in step.outputs:
-            store = stores(out.datastore)
-            outputs[out.name] = {"datastore": store.name, "path": output_location(out, out_key, ctx["run_id"]),
-                                 "manifest": f"{MANIFESTS_PREFIX}/{out_key}/{out.name}.json"}
-        default = stores(None)
+        out_key = key if step.allow_reuse else f"{key}-{run_id[:8]}"
+        outputs = {out.name: OutputLocation(datastore=stores(out.datastore).name,
+                                            path=output_location(out, out_key, run_id),
+                                            manifest=manifest_path(out_key, out.name))
+                   for out in step.outputs}
         if step.snapshot_id and step.snapshot_id not in file_maps:
-            file_maps[step.snapshot_id] = stored_file_hashes(default, step.snapshot_id)
+            file_maps[step.snapshot_id] = stored_file_hashes(stores(None), step.snapshot_id)
         source_files = select(file_maps.get(step.snapshot_id, {}), step.hash_paths)
-        plan = {"key": key, "out_key": out_key, "components": components, "outputs": outputs,
-                "source_files": source_files}
-        if not step.allow_reuse:
-            plan.update(will_reuse=False, explanation="will run: allow_reuse=False")
-        elif ctx.get("regenerate_outputs"):
-            plan.update(will_reuse=False, explanation="will run: regenerate_outputs=True")
-        else:
-            record = read_json(default, f"{REUSE_PREFIX}/{key}.json")
-            reason = invalid_reason(record, stores) if record else None
-            cached = record is not None and reason is None and default.filesystem().exists(
-                default.full_path(f"{CACHE_PREFIX}/{key}"))
-            if cached:
-                plan.update(will_reuse=True, reused_from=record["task_run_id"], record=record,
-                            explanation=f"will reuse run {record['task_run_id']} "
-                                        f"(pipeline run {record['pipeline_run_id']})")
-            else:
-                last = read_json(default, last_record_path(step.name))
-                why = [reason] if reason else explain({**components, "_source_files": source_files}, last)
-                plan.update(will_reuse=False, explanation="will run: " + ", ".join(why))
-        plans[name] = plan
+        plans[name] = StepPlan(key=key, out_key=out_key, components=components, outputs=outputs,
+                               source_files=source_files,
+                               **_reuse_decision(step, key, components, source_files, regenerate_outputs, stores))
     return plans
 
 
@@ -364,16 +278,14 @@ class StepCachePolicy(CachePolicy):
     """The step's planned key; a stale record (outputs gone) is dropped first so the step runs again."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
-        from prefect_aml.tasks.step import StepContext
-
         plan, step = inputs["plan"], inputs["step"]
         if not step.get("allow_reuse", True):
             return None
-        if plan.get("will_reuse"):
-            return plan["key"]  # validated by the plan a moment ago: no second round of reads
-        sc = StepContext(inputs["ctx"])
-        record = read_json(sc.default_store, f"{REUSE_PREFIX}/{plan['key']}.json")
-        if record is None or invalid_reason(record, sc.store) is not None:
-            remove(sc.default_store, f"{CACHE_PREFIX}/{plan['key']}")
-            remove(sc.default_store, f"{REUSE_PREFIX}/{plan['key']}.json")
-        return plan["key"]
+        if plan.will_reuse:
+            return plan.key  # validated by the plan a moment ago: no second round of reads
+        ctx: RunContext = inputs["ctx"]
+        record = read_json(ctx.default_store, reuse_record_path(plan.key))
+        if record is None or invalid_reason(record, ctx.store) is not None:
+            remove(ctx.default_store, cache_record_path(plan.key))
+            remove(ctx.default_store, reuse_record_path(plan.key))
+        return plan.key

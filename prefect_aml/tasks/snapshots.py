@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pathspec
 
-SNAPSHOT_PREFIX = "azureml/snapshots"
+from prefect_aml.names import SNAPSHOT_PREFIX
+
 WARN_BYTES = 300 * 1024 * 1024
 WARN_FILES = 2000
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "notebooks" / "pipeline_run_details.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "notebooks" / "pipeline_run_details.ipynb"
 
 
 def _html(output) -> str:

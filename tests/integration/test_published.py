@@ -39,8 +39,9 @@ from prefect_aml import (
     UserErrorException,
 )
 from prefect_aml.runs import PipelineRun
-from tests.conftest import _STATE, make_store
-from tests.services import Service, free_port, http_ok
+from tests.services import Service, free_port, http_ok, make_store, state_dir
+
+_STATE = state_dir()
 
 BIN = Path(sys.executable).parent
 
@@ -410,7 +411,7 @@ def test_prefect_yaml_deploys_the_iris_example(ws, tmp_path):
 
     from prefect_aml.exceptions import ComputeTargetException
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         ComputeTarget(ws, "aml-pipelines")
     except ComputeTargetException:
@@ -456,8 +457,7 @@ def test_endpoint_history_survives_a_server_restart(src, tmp_path):
     from prefect.client.orchestration import get_client
 
     from prefect_aml import Datastore, Workspace
-    from tests.conftest import PG_URL, using_server
-    from tests.services import PrefectServer
+    from tests.services import PG_URL, PrefectServer, using_server
 
     server = PrefectServer(_STATE, PG_URL)
     try:

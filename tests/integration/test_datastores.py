@@ -132,7 +132,7 @@ def test_large_file_streams(store, tmp):
 
 
 def test_secrets_stay_secret(ws, request, prefect_server, caplog, tmp):
-    from tests.conftest import make_store
+    from tests.services import make_store
 
     s3 = make_store("s3", ws, request)
     secret = "testing-secret-value"
@@ -153,7 +153,7 @@ def test_secrets_stay_secret(ws, request, prefect_server, caplog, tmp):
 
 
 def test_registration_errors(ws, tmp, request):
-    from tests.conftest import make_store
+    from tests.services import make_store
 
     with pytest.raises(DatastoreException, match="not supported"):
         Datastore.register_azure_file_share(ws, "files", "share", "acct")

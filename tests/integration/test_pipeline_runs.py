@@ -379,7 +379,7 @@ def test_waiting_asks_the_server_when_the_runner_says_the_run_ended(ws, src, mon
     assert wait(run) <= 0
     assert run.get_steps()[0].get_status() == "Finished"
 
-    from prefect_aml.flows.submit import LocalRunner
+    from prefect_aml.flows.launch import LocalRunner
 
     run = _exp(ws).submit(Pipeline(ws, [step]))
     real, run._runner = run._runner, LocalRunner()  # one that cannot tell (as beyond MAX_OPEN): ask the server
@@ -419,7 +419,7 @@ def test_cancellation_is_heard_on_the_events_stream(ws, monkeypatch):
     from prefect.client.orchestration import PrefectClient, get_client
     from prefect.states import Cancelling, Running
 
-    from prefect_aml.flows.runner import watch_for_cancel
+    from prefect_aml.flows.cancel import watch_for_cancel
 
     @flow(name="aml-cancel-watch-test")
     def noop() -> None:
@@ -453,7 +453,7 @@ def test_local_runner_connections_are_bounded(monkeypatch):
     """Runs submitted and not yet waited for keep a connection each, up to MAX_OPEN: the oldest then ask the server."""
     import socket
 
-    from prefect_aml.flows.submit import LocalRunner
+    from prefect_aml.flows.launch import LocalRunner
 
     monkeypatch.setattr(LocalRunner, "MAX_OPEN", 2)
     monkeypatch.setattr(LocalRunner, "_open", __import__("collections").deque())

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port
+from tests.services import ROOT, free_port
 
 
 def test_example_on_the_embedded_default(tmp):

@@ -30,8 +30,9 @@ from prefect_aml import (
     PythonScriptStep,
     RunConfiguration,
 )
-from tests.conftest import _STATE
-from tests.services import Service, free_port
+from tests.services import Service, free_port, state_dir
+
+_STATE = state_dir()
 
 BIN = Path(sys.executable).parent
 
@@ -429,7 +430,7 @@ def docker_images(tmp_path):
         if os.environ.get("PREFECT_AML_REQUIRE_DOCKER"):
             pytest.fail("No Docker engine answers `docker info`: scripts/docker.sh should have started one.")
         pytest.skip("no Docker engine (scripts/test.sh starts one)")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     path = f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin"
     tags = []
     for which in ("compute", "env"):

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from prefect_aml import AmlCompute, ComputeTarget, Experiment
 from prefect_aml.exceptions import ComputeTargetException
-from tests.conftest import _STATE
 from tests.seed_samples import SAMPLES
-from tests.services import Service, free_port, http_ok
+from tests.services import Service, free_port, http_ok, state_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+_STATE = state_dir()
+
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SEED = ROOT.parent / "shared" / "seed" / "create-run-track-ml-pipelines.sv.md"
 

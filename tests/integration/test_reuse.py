@@ -27,7 +27,7 @@ from prefect_aml import (
     Workspace,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 PREP = """
     import argparse, os, time
@@ -209,7 +209,7 @@ def test_reuse_across_pipelines_and_processes(project, ws):
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
         from prefect_aml import Workspace
-        from tests.test_reuse import Project
+        from tests.integration.test_reuse import Project
         p = Project.__new__(Project)
         p.ws, p.root, p.tag, p.raw = Workspace(), Path({str(project.root)!r}), {project.tag!r}, {project.raw!r}
         steps = p.run()
@@ -225,7 +225,7 @@ def _ledger_lines(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("backend", ["local-files", "redis"])
 def test_concurrent_identical_steps_run_once(ws, tmp, request, backend, monkeypatch):
-    from tests.conftest import make_store
+    from tests.services import make_store
 
     ledger = tmp / "ledger.txt"
     monkeypatch.setenv("LEDGER", str(ledger))

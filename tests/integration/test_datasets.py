@@ -290,7 +290,8 @@ def test_registry_versions_pin_definition_and_data(ws, table_on, tmp):
 
 def test_versions_survive_a_server_restart(tmp):
     from prefect_aml import Datastore, Workspace
-    from tests.conftest import _STATE, PG_URL, using_server
+    from tests.services import PG_URL, state_dir, using_server
+    _STATE = state_dir()
     from tests.services import PrefectServer
 
     server = PrefectServer(_STATE, PG_URL)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.services import ROOT
 
 EXAMPLE = ROOT / "examples" / "iris"
 

@@ -1,52 +1,15 @@
-"""Workspace: config discovery as Azure ML does it, and PREFECT_API_URL winning."""
+"""Workspace: PREFECT_API_URL winning, and Prefect's clients sharing TLS contexts."""
 
 from __future__ import annotations
 
-import json
-
-import pytest
-
-from prefect_aml import UserErrorException, Workspace
-
-
-def test_from_config_walks_up(tmp):
-    (tmp / ".azureml").mkdir()
-    (tmp / ".azureml" / "config.json").write_text(json.dumps(
-        {"workspace_name": "ml", "subscription_id": "sub", "resource_group": "rg", "default_datastore": "raw"}))
-    deep = tmp / "a" / "b"
-    deep.mkdir(parents=True)
-    ws = Workspace.from_config(deep)
-    assert (ws.name, ws.subscription_id, ws.resource_group, ws._default_datastore) == ("ml", "sub", "rg", "raw")
-    # config.json in the folder itself is found too, and `.azureml/` wins over it
-    (deep / "config.json").write_text(json.dumps({"workspace_name": "inner"}))
-    assert Workspace.from_config(deep).name == "inner"
-    (tmp / "x").mkdir()
-    assert Workspace.from_config(tmp / "x").name == "ml"
-
-
-def test_write_config_round_trip(tmp):
-    ws = Workspace("sub", "rg", "written", prefect_api_url="http://127.0.0.1:1/api")
-    path = ws.write_config(tmp)
-    assert path == tmp / ".azureml" / "config.json"
-    back = Workspace.from_config(tmp)
-    assert (back.name, back.prefect_api_url) == ("written", "http://127.0.0.1:1/api")
-
-
-def test_bad_config_is_a_clear_error(tmp):
-    (tmp / "config.json").write_text("{not json")
-    with pytest.raises(UserErrorException, match="not valid JSON"):
-        Workspace.from_config(tmp)
-
-
-def test_no_config_gives_defaults(tmp):
-    ws = Workspace.from_config(tmp)
-    assert ws.name == "default"
+from prefect_aml import Workspace
 
 
 def test_prefect_api_url_wins(prefect_server, tmp):
     ws = Workspace(prefect_api_url="http://127.0.0.1:9/api")
-    assert ws._activate() == prefect_server
-    assert ws.api_url_or_default() == prefect_server
+    assert ws.api_url() == prefect_server
+    with ws.client() as client:  # the client talks to the process's own API, not the config's
+        assert str(client.api_url).rstrip("/") == prefect_server
 
 
 def test_prefect_clients_share_one_tls_context_per_ca_bundle(prefect_server, tmp, monkeypatch):
