@@ -13,7 +13,6 @@ as HTML in notebooks too (`_repr_html_`).
 
 from __future__ import annotations
 
-import contextvars
 import threading
 import time
 from typing import Any
@@ -63,6 +62,10 @@ class RunDetails:
             handle = display(HTML(html_table(self.run_instance)), display_id=True)
 
             def follow() -> None:
+                with self.run_instance.experiment.workspace.prefect():  # in this thread too: the workspace's API
+                    watch()
+
+            def watch() -> None:
                 while True:
                     status = self.run_instance.get_status()
                     handle.update(HTML(html_table(self.run_instance, status=status)))
@@ -73,9 +76,7 @@ class RunDetails:
             if wait:
                 follow()
             else:
-                # with this context: a workspace's Prefect settings reach the thread's reads
-                self._thread = threading.Thread(target=contextvars.copy_context().run, args=(follow,), daemon=True,
-                                                name="prefect-aml-run-details")
+                self._thread = threading.Thread(target=follow, daemon=True, name="prefect-aml-run-details")
                 self._thread.start()
             return
         console = Console()

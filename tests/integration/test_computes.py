@@ -150,7 +150,6 @@ def test_compute_target_lifecycle_and_errors(ws, pool_compute):
     with get_client(sync_client=True) as client:
         pool = client.read_work_pool(cpu.name)
         assert (pool.type, pool.concurrency_limit) == ("process", 3)
-        assert client.read_deployment_by_name(f"aml-step/{cpu.name}").work_pool_name == cpu.name
     status = cpu.get_status().serialize()
     assert status["currentNodeCount"] == 0 and status["scaleSettings"]["maxNodeCount"] == 3
     # creating it again with the same settings finds it; with others it is an error
