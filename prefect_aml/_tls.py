@@ -18,6 +18,12 @@ import ssl
 import threading
 import types
 
+import certifi
+import prefect._internal.version_checking as version_checking
+import prefect._internal.websockets as websockets
+import prefect.client.orchestration as orchestration
+from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
 _LOCK = threading.Lock()
 _CONTEXTS: dict[tuple, ssl.SSLContext] = {}
 
@@ -45,10 +51,6 @@ class _SharedContexts(types.ModuleType):
 
 def share() -> None:
     """Make Prefect's API clients share their TLS contexts (idempotent)."""
-    import prefect._internal.version_checking as version_checking
-    import prefect._internal.websockets as websockets
-    import prefect.client.orchestration as orchestration
-
     for module in (orchestration, version_checking, websockets):
         if not isinstance(module.ssl, _SharedContexts):
             module.ssl = _SharedContexts("ssl")
@@ -56,9 +58,6 @@ def share() -> None:
 
 def warm() -> None:
     """Build the context for Prefect's configured CA bundle now (the warm runner does, before it forks)."""
-    import certifi
-    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
-
     share()
     if not PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
         _SharedContexts.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())

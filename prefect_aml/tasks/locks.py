@@ -111,7 +111,7 @@ class LeasedFileLockManager(_Leases, FileSystemLockManager):
 
 def redis_lock_manager(url: str):
     """Prefect's Redis locks (any number of machines), as leases."""
-    from prefect_redis.locking import RedisLockManager
+    from prefect_redis.locking import RedisLockManager  # redis only where a workspace names a Redis server
 
     class LeasedRedisLockManager(_Leases, RedisLockManager):
         def __init__(self, connection_url: str):
