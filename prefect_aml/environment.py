@@ -34,7 +34,7 @@ import yaml
 
 from prefect_aml.blocks import saved_blocks
 from prefect_aml.blocks.computes import EnvironmentVersion, environment_block_name
-from prefect_aml.exceptions import UserErrorException
+from prefect_aml.exceptions import EnvironmentException, UserErrorException
 
 if TYPE_CHECKING:
     from prefect_aml.workspace import Workspace
@@ -43,10 +43,6 @@ DEFAULT_CPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04"
 DEFAULT_GPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.1-cudnn8-ubuntu20.04"
 _CURATED_PREFIX = "AzureML-"
 _warned_curated: set[str] = set()
-
-
-class EnvironmentException(UserErrorException):
-    """An environment is unknown or its definition cannot be read."""
 
 
 class CondaDependencies:

@@ -15,6 +15,10 @@ class WorkspaceException(AzureMLException):
     """The workspace or its Prefect API cannot be reached or configured."""
 
 
+class EnvironmentException(UserErrorException):
+    """An environment is unknown, its definition cannot be read, or its packages cannot be installed."""
+
+
 class DatastoreException(UserErrorException):
     """A datastore is unknown, misconfigured or the operation is not supported."""
 
