@@ -236,5 +236,67 @@ def compat_disable() -> None:
         typer.echo("not enabled in this environment")
 
 
+env_app = typer.Typer(help="Built step environments: what is cached here, build one ahead of time, prune.",
+                       no_args_is_help=True)
+app.add_typer(env_app, name="env")
+
+
+@env_app.command("list")
+def env_list() -> None:
+    """The environments built on this machine (under the workspace home, or $PREFECT_AML_ENVS_DIR)."""
+    from prefect_aml import Workspace, envbuild
+
+    home = Workspace.from_config().home
+    entries = envbuild.cached(home)
+    if not entries:
+        typer.echo(f"no environments built under {envbuild.envs_root(home)}")
+    for e in entries:
+        packages = " ".join(r for r in e["requirements"] if not r.startswith("-"))
+        typer.echo(f"{e['key']}  {e['name']!r}  python {e['python']}  {len(e['lock'])} distributions  "
+                   f"last used {e['idle_days']:.1f} days ago  {packages}")
+
+
+@env_app.command("build")
+def env_build(
+    name: str = typer.Argument(..., help="a registered environment's name, or a requirements.txt / conda .yml file"),
+    version: str = typer.Option(None, help="the registered version (default: the latest)"),
+) -> None:
+    """Build an environment on this machine now, as its first step would, and print its lock."""
+    from pathlib import Path
+
+    from prefect_aml import Environment, Workspace
+    from prefect_aml.exceptions import EnvironmentException
+
+    ws = Workspace.from_config()
+    try:
+        if Path(name).is_file():
+            env = (Environment.from_conda_specification(Path(name).stem, name) if name.endswith((".yml", ".yaml"))
+                   else Environment.from_pip_requirements(Path(name).stem, name))
+        else:
+            env = Environment.get(ws, name, version=version)
+        details = env.build_local(ws)
+    except EnvironmentException as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    for line in details.lock:
+        typer.echo(f"  {line}")
+
+
+@env_app.command("prune")
+def env_prune(
+    days: float = typer.Option(30.0, help="remove environments no step used for this many days"),
+    dry_run: bool = typer.Option(False, help="only say what would be removed"),
+) -> None:
+    """Remove the built environments no run used for DAYS days (a later step builds its own again)."""
+    from prefect_aml import Workspace, envbuild
+
+    gone = envbuild.prune(Workspace.from_config().home, days, dry_run=dry_run)
+    for e in gone:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {e['key']} ({e['name']!r}, last used "
+                   f"{e['idle_days']:.0f} days ago)")
+    if not gone:
+        typer.echo(f"nothing unused for {days:g} days")
+
+
 if __name__ == "__main__":
     app()

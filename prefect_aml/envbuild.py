@@ -460,6 +460,52 @@ def _build(spec: EnvSpec, root: Path, key: str, say: Callable[[str], None], stri
     return BuiltEnv(final, meta, built=True)
 
 
+class BuildDetails:
+    """What `Environment.build` / `build_local` return (v1's ImageBuildDetails): status, log and lock."""
+
+    def __init__(self, name: str, built: BuiltEnv | None, log: list[str]):
+        self.name = name
+        self.environment = built  # None: nothing to build (user-managed, or no packages beyond Azure ML's own)
+        self.status = "Succeeded"
+        self._log = log
+
+    @property
+    def lock(self) -> list[str]:
+        return self.environment.lock if self.environment else []
+
+    def get_log(self) -> str:
+        return "\n".join(self._log)
+
+    def wait_for_completion(self, show_output: bool = True) -> BuildDetails:
+        """The build ran when it was asked for (its progress was shown then): returns at once."""
+        if show_output:
+            print(f"Environment {self.name!r} build status: {self.status}")
+        return self
+
+    def __repr__(self) -> str:
+        where = self.environment.path if self.environment else "the worker's Python"
+        return f"BuildDetails(name={self.name!r}, status={self.status!r}, environment={str(where)!r})"
+
+
+def build_details(definition: dict[str, Any], home: Path | str,
+                  show: Callable[[str], None] = print) -> BuildDetails:
+    """Build (or find) a definition's environment now, each line of progress to `show` and to the log."""
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        show(line)
+
+    name = str(definition.get("name") or "(unnamed)")
+    built = ensure(definition, home, log=say)
+    if built is None:
+        say(f"Environment {name!r} has nothing to build (user-managed, or no packages beyond Azure ML's own): "
+            "its steps run in the worker's Python.")
+    elif not built.built:
+        say(f"Environment {name!r} is built already: {built.path} ({len(built.lock)} distributions).")
+    return BuildDetails(name, built, lines)
+
+
 # -- the check at submit -------------------------------------------------------------------------
 def _culprits(spec: EnvSpec, message: str) -> list[str]:
     words = {_norm(w) for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", message)}

@@ -12,11 +12,12 @@ a work pool (image, env) and is part of the step's reuse key, so changing it re-
     rc = RunConfiguration()
     rc.environment = Environment.get(ws, "train-env")
 
-Packages are not installed by prefect-aml: on process and Dask computes the step runs in the worker's
-Python (or `python.interpreter_path`), on Docker computes in the image (pip packages are passed as
-`EXTRA_PIP_PACKAGES`, which Prefect's own images install when the container starts). They are recorded, shown
-in the run's details and part of the reuse key. Curated names (`AzureML-*`) that are not registered
-resolve to the worker's own Python environment, with a one-time warning.
+Packages are installed by prefect-aml (`python.user_managed_dependencies = False`, the default): the
+environment becomes a virtual environment built with uv from PyPI, once per machine and definition
+(`prefect_aml/envbuild.py`), and the step's script runs with its interpreter; `build_local(ws)` builds it
+ahead of time. With `user_managed_dependencies = True`, or no packages beyond Azure ML's own, a step runs
+in the worker's Python (or `python.interpreter_path`). Curated names (`AzureML-*`) that are not
+registered resolve to the worker's own Python environment, with a one-time warning.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from prefect_aml import envbuild
 from prefect_aml.blocks import saved_blocks
 from prefect_aml.blocks.computes import EnvironmentVersion, environment_block_name
 from prefect_aml.exceptions import EnvironmentException, UserErrorException
@@ -264,6 +266,22 @@ class Environment:
     def _all_blocks(workspace: Workspace) -> list:
         with workspace.client() as client:
             return saved_blocks(client, EnvironmentVersion)
+
+    # -- building ahead of time (a step builds what it needs at its start otherwise)
+    def build(self, workspace: Workspace, image_build_compute=None) -> envbuild.BuildDetails:
+        """Register this environment, then build its packages on this machine, showing progress (v1 built an
+        image in the cloud); returns when done, with the build's log and the lock of what was installed."""
+        return self.register(workspace).build_local(workspace)
+
+    def build_local(self, workspace: Workspace, platform: str | None = None, **kwargs) -> envbuild.BuildDetails:
+        """Build this environment's packages on this machine as a step would, showing progress; a second
+        call (or a step) finds it built."""
+        if kwargs.get("useDocker"):
+            raise EnvironmentException(
+                f"Environment {self.name!r}: build_local(useDocker=True) is not needed: a DockerCompute builds the "
+                "environment inside the step's container at its first step and keeps it on the engine's "
+                "prefect-aml-envs volume (docs/environments.md).")
+        return envbuild.build_details(self._definition(), workspace.home)
 
     def get_image_details(self, workspace=None) -> dict[str, Any]:
         return {"dockerImage": {"name": self.docker.base_image}, "python": self._definition()["packages"]}
