@@ -534,7 +534,9 @@ def check(definition: dict[str, Any] | None, home: Path | str, strict: bool | No
         message = re.sub(r"^error: ", "", message)
         named = _culprits(spec, message)
         reason = ("does not exist on the package index" if "not found in the package registry" in message
-                  else "has no such version" if "there is no version of" in message else "cannot be installed")
+                  else "has no such version on the package index"
+                  if re.search(r"there is no version of|is available and you require", message)
+                  else "cannot be installed (together)")
         which = ", ".join(spec.describe(r) for r in named) or "its requirements"
         hint = (" Add its PyPI name to prefect_aml.envbuild.CONDA_TO_PYPI, or list the PyPI package in pip_packages."
                 if any(r in spec.origins for r in named) and reason.startswith("does not") else "")
