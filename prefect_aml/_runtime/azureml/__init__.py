@@ -11,7 +11,6 @@ contract of prefect_aml/tasks/step.py). Every other Azure ML name imports, and s
     Dataset.get_by_name(run.experiment.workspace, "iris")   # UserErrorException: not available in this step
 """
 
-import importlib.abc
 import importlib.machinery
 import sys
 
@@ -70,8 +69,9 @@ def stub_module_getattr(module):
     return __getattr__
 
 
-class _Stubs(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves, last on sys.meta_path, every `azureml.*` module that is not a file here, as stand-ins."""
+class _Stubs:
+    """Serves, last on sys.meta_path, every `azureml.*` module that is not a file here, as stand-ins (a finder
+    and loader by protocol: importlib.abc would cost a step's start more than the rest of the runtime)."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname.startswith("azureml."):

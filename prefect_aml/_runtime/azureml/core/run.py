@@ -3,8 +3,6 @@ read and written with the standard library (as prefect_aml.runs.Run does inside 
 
 import json
 import os
-import shutil
-import tempfile
 
 from azureml import Limited, stub_module_getattr, unavailable
 from azureml.exceptions import UserErrorException
@@ -114,6 +112,8 @@ class FileDataset(Limited):
         if existing and not overwrite:
             raise UserErrorException(f"{existing[0]!r} exists ({len(existing)} file(s) in all): pass "
                                      "overwrite=True to replace them.")
+        import shutil  # here, not at the top: a script that never copies does not pay for it at its start
+
         for src, dst in plan:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copyfile(src, dst)
@@ -232,6 +232,8 @@ class Run(Limited):
         target = os.path.join(self._dir, "artifacts", name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if isinstance(path_or_stream, (str, os.PathLike)):
+            import shutil  # here, not at the top: a script that never uploads does not pay for it at its start
+
             shutil.copyfile(path_or_stream, target)
         else:
             with open(target, "wb") as f:
@@ -247,8 +249,8 @@ class Run(Limited):
         path = os.path.join(self._dir, "tags.json")
         current = self.get_tags()
         current.update({str(k): (None if v is None else str(v)) for k, v in tags.items()})
-        fd, tmp = tempfile.mkstemp(dir=self._dir, suffix=".partial")
-        with os.fdopen(fd, "w") as f:
+        tmp = f"{path}.{os.getpid()}.partial"
+        with open(tmp, "w") as f:
             json.dump(current, f)
         os.replace(tmp, path)
 

@@ -1,0 +1,160 @@
+"""Built environments, side by side in one run:
+
+1. a first build of `pandas scikit-learn` (conda packages, as the seed's environment asks) with
+   prefect-aml (`uv venv` + `uv pip install`, uv's cache empty: everything downloaded) against
+   `python -m venv` + `pip install --no-cache-dir` of the same; then both again with their caches warm
+   (a new environment on a machine that has built others);
+2. what a cached environment adds to a step script's start against the worker's own interpreter: the
+   look-up (`envbuild.ensure` finding it), then `from azureml.core import Run; Run.get_context().log(...)`
+   run with the environment's interpreter and the light runtime, against the worker's interpreter with the
+   `azureml` shim (which loads prefect_aml); and a bare `pass` both ways (the interpreters alone).
+
+    python benchmarks/envs.py [--repeat 3] [--starts 15] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prefect_aml import CondaDependencies, Environment, envbuild  # noqa: E402
+from prefect_aml._azureml import SHIM_DIR  # noqa: E402
+
+PACKAGES = ["pandas", "scikit-learn"]
+
+
+def _definition(name: str) -> dict:
+    env = Environment(name)
+    env.python.conda_dependencies = CondaDependencies.create(conda_packages=PACKAGES)
+    return env._definition()
+
+
+def build_ours(work: Path, uv_cache: Path) -> tuple[float, int]:
+    os.environ["UV_CACHE_DIR"] = str(uv_cache)
+    try:
+        t = time.perf_counter()
+        built = envbuild.ensure(_definition("bench"), work / "home")
+        return time.perf_counter() - t, len(built.lock)
+    finally:
+        os.environ.pop("UV_CACHE_DIR")
+
+
+def build_pip(work: Path, pip_cache: Path) -> tuple[float, int]:
+    venv = work / "venv"
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--cache-dir",
+                    str(pip_cache), *PACKAGES], check=True)
+    seconds = time.perf_counter() - t
+    frozen = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True).stdout
+    return seconds, len(frozen.split())
+
+
+def bench_builds(repeat: int) -> dict:
+    """Each round: both sides with an empty cache of their own (cold: everything downloaded), then again with
+    what that left in it (warm); the sides alternate which goes first."""
+    rows: dict[str, list[float]] = {"ours cold": [], "pip cold": [], "ours warm": [], "pip warm": []}
+    counts = {}
+    with tempfile.TemporaryDirectory(prefix="aml-bench-envs-") as tmp:
+        base = Path(tmp)
+        for i in range(repeat):
+            order = [("ours", build_ours), ("pip", build_pip)]
+            for name, fn in order if i % 2 == 0 else order[::-1]:
+                cache = base / f"{name}-cache-{i}"
+                for phase in ("cold", "warm"):
+                    work = base / f"{name}-{phase}-{i}"
+                    work.mkdir()
+                    seconds, counts[name] = fn(work, cache)
+                    rows[f"{name} {phase}"].append(seconds)
+                    shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(cache, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    return {"median_s": med, "rounds": rows, "distributions": counts,
+            "ratio_cold": med["pip cold"] / med["ours cold"], "ratio_warm": med["pip warm"] / med["ours warm"]}
+
+
+RUN_SCRIPT = "from azureml.core import Run\nRun.get_context().log('x', 1)\n"
+
+
+def _time(argv: list[str], env: dict, cwd: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def bench_starts(starts: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="aml-bench-starts-") as tmp:
+        work = Path(tmp)
+        definition = {"name": "start", "packages": {"pip_packages": ["tabulate==0.9.0"]}}
+        envbuild.ensure(definition, work / "home")
+        (work / "run").mkdir()
+        (work / "run" / "context.json").write_text(json.dumps({
+            "run_id": "r", "parent_run_id": "p", "experiment_name": "e", "step_name": "s", "workspace": {},
+            "default_datastore": "d", "input_datasets": {}, "outputs": {}, "dir": str(work / "run")}))
+        (work / "run.py").write_text(RUN_SCRIPT)
+        (work / "pass.py").write_text("pass\n")
+        base_env = dict(os.environ, AZUREML_RUN_CONTEXT=str(work / "run" / "context.json"))
+        worker_env = dict(base_env, PYTHONPATH=os.pathsep.join([str(SHIM_DIR), str(ROOT)]))  # as a step gets it
+        rows: dict[str, list[float]] = {"lookup": [], "worker run.py": [], "env run.py": [], "worker pass.py": [],
+                                        "env pass.py": []}
+        for i in range(starts + 1):
+            t = time.perf_counter()
+            built = envbuild.ensure(definition, work / "home")  # what a step pays to find its environment
+            lookup = time.perf_counter() - t
+            env = dict(base_env)
+            python = envbuild.step_process(built, env)
+            sides = [("worker", sys.executable, worker_env), ("env", python, env)]
+            times = {}
+            for side, interpreter, variables in sides if i % 2 == 0 else sides[::-1]:
+                for script in ("run.py", "pass.py"):
+                    times[f"{side} {script}"] = _time([interpreter, script], variables, work)
+            if i == 0:
+                continue  # the first round warms the page cache
+            rows["lookup"].append(lookup)
+            for k, v in times.items():
+                rows[k].append(v)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    return {"median_s": med, "added_run_ms": (med["lookup"] + med["env run.py"] - med["worker run.py"]) * 1000,
+            "added_pass_ms": (med["lookup"] + med["env pass.py"] - med["worker pass.py"]) * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--starts", type=int, default=15)
+    parser.add_argument("--json")
+    parser.add_argument("--skip-builds", action="store_true")
+    args = parser.parse_args()
+    out = {}
+    if not args.skip_builds:
+        b = out["builds"] = bench_builds(args.repeat)
+        m = b["median_s"]
+        print(f"first build of {' '.join(PACKAGES)} ({b['distributions']} distributions), median of {args.repeat}:")
+        print(f"  cold caches: prefect-aml (uv) {m['ours cold']:.1f} s, venv + pip {m['pip cold']:.1f} s, "
+              f"ratio {b['ratio_cold']:.1f}x")
+        print(f"  warm caches: prefect-aml (uv) {m['ours warm']:.1f} s, venv + pip {m['pip warm']:.1f} s, "
+              f"ratio {b['ratio_warm']:.1f}x")
+    s = out["starts"] = bench_starts(args.starts)
+    m = s["median_s"]
+    print(f"step start, median of {args.starts}: look-up {m['lookup'] * 1e3:.2f} ms;")
+    print(f"  run.py: worker {m['worker run.py'] * 1e3:.0f} ms, cached env {m['env run.py'] * 1e3:.0f} ms "
+          f"(added {s['added_run_ms']:+.0f} ms)")
+    print(f"  pass.py: worker {m['worker pass.py'] * 1e3:.0f} ms, cached env {m['env pass.py'] * 1e3:.0f} ms "
+          f"(added {s['added_pass_ms']:+.0f} ms)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
