@@ -50,12 +50,17 @@ def build_ours(work: Path, uv_cache: Path) -> tuple[float, int]:
         os.environ.pop("UV_CACHE_DIR")
 
 
-def build_pip(work: Path, pip_cache: Path) -> tuple[float, int]:
+# pip as it comes, against PyPI alone, as uv is run (this machine's pip configuration adds local indexes
+# and a constraints file that uv does not read)
+PIP_ENV = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"PIP_CONFIG_FILE": os.devnull}
+
+
+def build_pip(work: Path, pip_cache: Path, compile_pyc: bool = True) -> tuple[float, int]:
     venv = work / "venv"
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--cache-dir",
-                    str(pip_cache), *PACKAGES], check=True)
+                    str(pip_cache), *([] if compile_pyc else ["--no-compile"]), *PACKAGES], check=True, env=PIP_ENV)
     seconds = time.perf_counter() - t
     frozen = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True).stdout
     return seconds, len(frozen.split())
@@ -64,12 +69,16 @@ def build_pip(work: Path, pip_cache: Path) -> tuple[float, int]:
 def bench_builds(repeat: int) -> dict:
     """Each round: both sides with an empty cache of their own (cold: everything downloaded), then again with
     what that left in it (warm); the sides alternate which goes first."""
-    rows: dict[str, list[float]] = {"ours cold": [], "pip cold": [], "ours warm": [], "pip warm": []}
+    rows: dict[str, list[float]] = {"ours cold": [], "pip cold": [], "ours warm": [], "pip warm": [],
+                                    "pip-no-compile cold": [], "pip-no-compile warm": []}
     counts = {}
     with tempfile.TemporaryDirectory(prefix="aml-bench-envs-") as tmp:
         base = Path(tmp)
         for i in range(repeat):
-            order = [("ours", build_ours), ("pip", build_pip)]
+            # pip compiles every module to bytecode as it installs, uv does not (a module is compiled at its
+            # first import instead): pip --no-compile is the like-for-like side, pip the one users run
+            order = [("ours", build_ours), ("pip", build_pip),
+                     ("pip-no-compile", lambda work, cache: build_pip(work, cache, compile_pyc=False))]
             for name, fn in order if i % 2 == 0 else order[::-1]:
                 cache = base / f"{name}-cache-{i}"
                 for phase in ("cold", "warm"):
@@ -81,7 +90,9 @@ def bench_builds(repeat: int) -> dict:
                 shutil.rmtree(cache, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     return {"median_s": med, "rounds": rows, "distributions": counts,
-            "ratio_cold": med["pip cold"] / med["ours cold"], "ratio_warm": med["pip warm"] / med["ours warm"]}
+            "ratio_cold": med["pip cold"] / med["ours cold"], "ratio_warm": med["pip warm"] / med["ours warm"],
+            "ratio_cold_no_compile": med["pip-no-compile cold"] / med["ours cold"],
+            "ratio_warm_no_compile": med["pip-no-compile warm"] / med["ours warm"]}
 
 
 RUN_SCRIPT = "from azureml.core import Run\nRun.get_context().log('x', 1)\n"
@@ -145,6 +156,8 @@ def main() -> None:
               f"ratio {b['ratio_cold']:.1f}x")
         print(f"  warm caches: prefect-aml (uv) {m['ours warm']:.1f} s, venv + pip {m['pip warm']:.1f} s, "
               f"ratio {b['ratio_warm']:.1f}x")
+        print(f"  pip --no-compile: cold {m['pip-no-compile cold']:.1f} s (ratio {b['ratio_cold_no_compile']:.1f}x), "
+              f"warm {m['pip-no-compile warm']:.1f} s (ratio {b['ratio_warm_no_compile']:.1f}x)")
     s = out["starts"] = bench_starts(args.starts)
     m = s["median_s"]
     print(f"step start, median of {args.starts}: look-up {m['lookup'] * 1e3:.2f} ms;")

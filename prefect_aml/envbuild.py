@@ -97,6 +97,11 @@ def _name_of(requirement: str) -> tuple[str | None, list[str]]:
     return m.group(1), [_norm(e) for e in (m.group(2) or "").split(",") if e.strip()]
 
 
+def redact(line: str) -> str:
+    """A requirement or uv's output with the credentials of index URLs (`https://user:token@host`) masked."""
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", line)
+
+
 def _is_azureml(requirement: str) -> bool:
     name, _ = _name_of(requirement)
     return name is not None and _norm(name).startswith("azureml-")
@@ -165,6 +170,10 @@ class EnvSpec:
         data = {"format": FORMAT, "requirements": self.requirements, "python": python}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
 
+    def __repr__(self) -> str:
+        return (f"EnvSpec(name={self.name!r}, requirements={[redact(r) for r in self.requirements]}, "
+                f"python={self.python!r}, skipped={list(self.skipped)})")
+
     @property
     def packages(self) -> list[str]:
         return [r for r in self.requirements if not r.startswith("-")]
@@ -228,7 +237,11 @@ def _pythons(path: str) -> tuple[tuple[tuple[int, int, int], str], ...]:
     proc = subprocess.run([uv.find_uv_bin(), "python", "list", "--only-installed", "--output-format", "json"],
                           capture_output=True, text=True, env=_uv_env())
     found: dict[tuple[int, int, int], str] = {}
-    for item in json.loads(proc.stdout or "[]") if proc.returncode == 0 else []:
+    try:
+        items = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+    except ValueError:  # not what this uv version answers: this interpreter only
+        items = []
+    for item in items:
         parts = item.get("version_parts") or {}
         version = (parts.get("major", 0), parts.get("minor", 0), parts.get("patch", 0))
         if item.get("implementation") == "cpython" and item.get("variant", "default") == "default" \
@@ -378,7 +391,7 @@ def _run_uv(args: list[str], say: Callable[[str], None], cwd: Path, what: str) -
     proc = subprocess.Popen([uv.find_uv_bin(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, cwd=cwd, env=_uv_env())
     for line in proc.stdout:
-        line = line.rstrip()
+        line = redact(line.rstrip())
         if line:
             tail.append(line)
             say(line)
@@ -446,7 +459,8 @@ def _build(spec: EnvSpec, root: Path, key: str, say: Callable[[str], None], stri
         lock = [line for line in frozen.splitlines() if line.strip()]
         (meta_dir / "lock.txt").write_text("\n".join(lock) + "\n")
         meta = {"format": FORMAT, "name": spec.name, "hash": spec.hash, "key": key,
-                "requirements": list(spec.requirements), "python_requested": spec.python, "python": version,
+                "requirements": [redact(r) for r in spec.requirements], "python_requested": spec.python,
+                "python": version,
                 "interpreter": interpreter, "python_note": note, "skipped": list(spec.skipped), "lock": lock,
                 "built": datetime.now(UTC).isoformat(), "build_seconds": round(time.monotonic() - started, 2),
                 "uv": importlib.metadata.version("uv")}
@@ -530,7 +544,7 @@ def check(definition: dict[str, Any] | None, home: Path | str, strict: bool | No
                           input="\n".join(spec.requirements) + "\n", capture_output=True, text=True, cwd=root,
                           env=_uv_env())
     if proc.returncode:
-        message = " ".join(line.strip() for line in proc.stderr.splitlines() if line.strip())
+        message = redact(" ".join(line.strip() for line in proc.stderr.splitlines() if line.strip()))
         message = re.sub(r"^error: ", "", message)
         named = _culprits(spec, message)
         reason = ("does not exist on the package index" if "not found in the package registry" in message
@@ -616,6 +630,7 @@ def prune(home: Path | str, days: float, dry_run: bool = False) -> list[dict[str
         gone.append(entry)
         if dry_run:
             continue
+        (root / ".locks").mkdir(exist_ok=True)
         fd = os.open(root / ".locks" / f"{entry['key']}.lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # not while it is being (re)built

@@ -249,3 +249,10 @@ def test_direct_inputs_are_made_local_for_the_light_runtime(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["['sepal', 'species'] (2, 2) ['setosa', 'virginica']",
                                        "['/a.csv', '/sub/b.csv']", "['copy/a.csv', 'copy/sub/b.csv']", "2", "['sub']"]
+
+
+def test_index_credentials_are_never_shown():
+    spec = envbuild.spec_of(_definition(pip=["--extra-index-url https://me:s3cret@pkgs.example/simple", "tabulate"]))
+    assert "s3cret" in spec.requirements[0]  # uv is given them
+    assert "s3cret" not in repr(spec) and "https://***@pkgs.example/simple" in repr(spec)
+    assert envbuild.redact("Because https://u:t@h/x was not found") == "Because https://***@h/x was not found"
