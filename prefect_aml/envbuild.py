@@ -52,7 +52,8 @@ STRICT_ENV = "PREFECT_AML_STRICT_PYTHON"
 RUNTIME_DIR = Path(__file__).resolve().parent / "_runtime"  # holds the `azureml` package of built environments
 META = "prefect-aml"  # inside a built environment: env.json, requirements.in, lock.txt, last-used
 # Docker computes: environments are built inside the step's container, kept on a named volume of the engine
-DOCKER_VOLUME = "prefect-aml-envs"
+DOCKER_VOLUME = "prefect-aml-envs"  # or $PREFECT_AML_DOCKER_ENVS_VOLUME
+DOCKER_VOLUME_ENV = "PREFECT_AML_DOCKER_ENVS_VOLUME"
 DOCKER_CACHE = "/var/cache/prefect-aml"
 
 # conda package names whose PyPI name differs (everything else is looked up on PyPI under its own name)
@@ -318,6 +319,7 @@ class BuiltEnv:
     path: Path
     meta: dict[str, Any]
     built: bool = False
+    seconds: float | None = None  # how long the step that asked for it waited (a build, or a look-up)
 
     @property
     def python(self) -> str:
@@ -341,10 +343,12 @@ class BuiltEnv:
         return out
 
     def details(self) -> dict[str, Any]:
-        """For a step run's record and details: the environment's hash, interpreter and lock."""
+        """For a step run's record and details: the environment's hash, interpreter and lock, and whether
+        this step built it (else it found it built) in how many seconds."""
         return {"name": self.meta["name"], "hash": self.hash, "python": self.meta["python"],
                 "python_requested": self.meta.get("python_requested"), "requirements": self.meta["requirements"],
-                "skipped": self.meta.get("skipped", []), "lock": self.lock, "path": str(self.path)}
+                "skipped": self.meta.get("skipped", []), "lock": self.lock, "path": str(self.path),
+                "built": self.built, "seconds": self.seconds}
 
 
 def _touch(path: Path) -> None:
@@ -364,7 +368,7 @@ def find(spec: EnvSpec, home: Path | str) -> BuiltEnv | None:
     except (OSError, ValueError):
         return None
     _touch(folder / META / "last-used")  # for `prefect-aml env prune`
-    return BuiltEnv(folder, meta)
+    return BuiltEnv(folder, {**meta, "name": spec.name})  # one build serves every environment of those packages
 
 
 @contextlib.contextmanager
@@ -596,7 +600,8 @@ def docker_job_variables(definition: dict[str, Any] | None) -> dict[str, Any]:
     keeps the environments built in its containers (and uv's cache), and where they are."""
     if spec_of(definition) is None:
         return {}
-    return {"volumes": [f"{DOCKER_VOLUME}:{DOCKER_CACHE}"],
+    volume = os.environ.get(DOCKER_VOLUME_ENV) or DOCKER_VOLUME
+    return {"volumes": [f"{volume}:{DOCKER_CACHE}"],
             "env": {ENVS_DIR_ENV: f"{DOCKER_CACHE}/envs", "UV_CACHE_DIR": f"{DOCKER_CACHE}/uv"}}
 
 

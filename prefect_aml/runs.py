@@ -365,6 +365,7 @@ class StepRun:
             "endTimeUtc": tr.end_time.isoformat() if tr.end_time else None, "durationSeconds": dur,
             "snapshotId": rec.get("snapshot_id"), "git": rec.get("git"), "reuseKey": rec.get("key"),
             "outputs": rec.get("outputs", {}), "message": tr.state.message if tr.state else None,
+            "environment": rec.get("environment"),  # a built environment: name, hash, python, lock
         }
 
     def get_outputs(self) -> dict[str, PortDataReference]:

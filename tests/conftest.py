@@ -18,6 +18,7 @@ from tests.services import (
     BIN,
     PG_URL,
     ROOT,
+    TEST_ENVS,
     PrefectServer,
     Service,
     free_port,
@@ -30,6 +31,8 @@ from tests.services import (
 _STATE = state_dir()
 os.environ["PREFECT_AML_HOME"] = str(_STATE / "aml-home")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# steps, workers and build_local share the built environments of all test modules (and sessions)
+os.environ.setdefault("PREFECT_AML_ENVS_DIR", str(TEST_ENVS / "envs"))
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

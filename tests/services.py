@@ -19,6 +19,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("PREFECT_AML_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 BIN = Path(sys.executable).parent
+# built environments of the tests, kept between modules and sessions (found by hash, built under a lock)
+TEST_ENVS = Path(os.environ.get("PREFECT_AML_TEST_ENVS")
+                 or Path(tempfile.gettempdir()) / f"prefect-aml-test-envs-{os.getuid()}")
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 

@@ -42,7 +42,7 @@ from prefect_aml.datastore import Datastore
 from prefect_aml.exceptions import ComputeTargetException, PublishedPipelineDisabledError, UserErrorException
 from prefect_aml.flows.launch import start_runner
 from prefect_aml.flows.prepare import (
-    check_inputs,
+    check_spec,
     default_store,
     prepare_sources,
     resolve_computes,
@@ -143,7 +143,7 @@ def publish_pipeline(pipeline, name: str, description: str | None = None, versio
     spec = pipeline._build_spec()  # validates first: nothing is written for a broken pipeline
     resolve_computes(spec, ws)
     store = default_store(ws, spec)
-    check_inputs(spec, store, ws)
+    check_spec(spec, store, ws)
     prepare_sources(spec, store, ws.home)
     return _publish(ws, spec, store, name, description, version, continue_on_step_failure, pipeline_compute)
 

@@ -79,6 +79,8 @@ def run_on_dask(compute: dict, spec: StepSpec, plan: StepPlan, ctx: RunContext, 
     clusters = _RUNS.get(ctx.run_id)
     if clusters is None:
         raise RuntimeError(f"Step {spec.name!r}: no Dask clusters are open for pipeline run {ctx.run_id}.")
+    if compute.get("address"):  # a remote worker keeps caches and built environments in its own home
+        ctx = ctx.model_copy(update={"workspace": {**ctx.workspace, "home": None}})
     future = clusters.client(compute).submit(
         execute_on_dask_worker, spec, plan, ctx, upstream, task_run_id, log_extra, key=f"aml-step-{task_run_id}",
         pure=False, resources={"GPU": 1} if compute.get("gpu") else None)

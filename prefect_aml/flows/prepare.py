@@ -1,4 +1,4 @@
-"""Before a run exists: the spec's sources snapshotted, its computes resolved, its inputs checked.
+"""Before a run exists: the spec's sources snapshotted, its computes resolved, its inputs and environments checked.
 
 Shared by `Experiment.submit` (`flows/submit.py`) and publishing (`deployments/published.py`): what can
 fail for a reason the user can fix fails here, before a flow run or a deployment is created.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prefect_aml import envbuild
 from prefect_aml.compute import resolve_compute
 from prefect_aml.datastore import Datastore
 from prefect_aml.pipeline.spec import PipelineSpec
@@ -61,6 +62,19 @@ def resolve_computes(spec: PipelineSpec, ws) -> None:
         if step.compute_target not in found:
             found[step.compute_target] = resolve_compute(ws, step.compute_target, step.name)
         step.compute = found[step.compute_target]
+
+
+def check_spec(spec: PipelineSpec, store, ws) -> None:
+    """Every check of a spec before a run or a deployment of it exists (submit and publish call this)."""
+    for check in (check_inputs, check_environments):
+        check(spec, store, ws)
+
+
+def check_environments(spec: PipelineSpec, store, ws) -> None:
+    """Each step's environment can be built: a conda package with no PyPI equivalent, or a package or version
+    that does not exist, fails here, naming it (resolved once per environment; nothing is installed)."""
+    for step in spec.steps:
+        envbuild.check(step.environment, ws.home)
 
 
 def check_inputs(spec: PipelineSpec, store, ws) -> None:

@@ -29,6 +29,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Crashed
 from prefect.utilities.callables import parameter_schema
 
+from prefect_aml import envbuild
 from prefect_aml._home import aml_home
 from prefect_aml.compute import DEFAULT_WORKER_WAIT_S, WORKER_WAIT_ENV
 from prefect_aml.exceptions import StepFailedError
@@ -117,9 +118,10 @@ def _job_variables(compute: dict, environment: dict) -> dict[str, Any]:
     jv: dict[str, Any] = {k: compute[k] for k in ("volumes", "network_mode", "mem_limit") if compute.get(k)}
     if image:
         jv["image"] = image
-    pip = (environment.get("packages") or {}).get("pip_packages")
-    if pip and not environment.get("user_managed"):  # Prefect's images install these when the container starts
-        jv["env"] = {"EXTRA_PIP_PACKAGES": " ".join(pip)}
+    built = envbuild.docker_job_variables(environment)
+    if built:  # the step builds its environment in the container, onto a volume of the engine that keeps it
+        jv["volumes"] = [*jv.get("volumes", []), *built["volumes"]]
+        jv["env"] = built["env"]
     return jv
 
 

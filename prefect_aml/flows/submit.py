@@ -15,7 +15,7 @@ from prefect_aml.exceptions import ComputeTargetException
 from prefect_aml.flows.launch import LocalRunner, start_runner
 from prefect_aml.flows.pipeline import aml_pipeline
 from prefect_aml.flows.prepare import (
-    check_inputs,
+    check_spec,
     default_store,
     prepare_sources,
     resolve_computes,
@@ -72,7 +72,7 @@ def submit_pipeline(ws, experiment_name: str, pipeline, pipeline_parameters: dic
     resolve_computes(spec, ws)
     runner_pool = _runner_pool(ws, spec, pipeline_compute)
     store = default_store(ws, spec)
-    check_inputs(spec, store, ws)
+    check_spec(spec, store, ws)
     prepare_sources(spec, store, ws.home)
     spec_path = store_spec(store, spec)  # flow-run parameters are size-limited: the spec lives on the datastore
     parameters = {"spec_path": spec_path, "parameters": values, "experiment_name": experiment_name,

@@ -120,6 +120,7 @@ class StepRecord(BaseModel):
     source_files: dict[str, Any] | None = None
     explanation: str | None = None
     outputs: dict[str, OutputLocation] = Field(default_factory=dict)
+    environment: dict[str, Any] | None = None  # a built environment: its name, hash, Python, lock (exact versions)
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -22,6 +22,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.filesystems import WritableFileSystem
 from pydantic import PrivateAttr
 
+from prefect_aml import envbuild
 from prefect_aml.blocks.datastores import LocalDatastore
 from prefect_aml.dataset import _Dataset
 from prefect_aml.datastore import Datastore
@@ -116,7 +117,7 @@ def _arg_identity(a: ArgSpec, params: dict) -> Any:
 
 
 def components_of(step: StepSpec, params: dict, inputs: dict[str, dict]) -> dict[str, Any]:
-    return {
+    components = {
         "step": {"type": step.kind, "name": step.name, "version": step.version},
         "script": step.script_name,
         "command": [_arg_identity(a, params) for a in step.command],
@@ -127,6 +128,10 @@ def components_of(step: StepSpec, params: dict, inputs: dict[str, dict]) -> dict
         "outputs": [o.model_dump(exclude={"register_as"}) for o in step.outputs],
         "environment": {k: v for k, v in step.environment.items() if k != "git"},
     }
+    built = envbuild.spec_of(step.environment)
+    if built is not None:  # what is built (the mapping of conda names, the format); absent otherwise: keys stay
+        components["environment_build"] = built.hash
+    return components
 
 
 def key_of(components: dict) -> str:
@@ -214,6 +219,8 @@ def explain(components: dict, last: dict | None) -> list[str]:
         reasons.append("outputs changed")
     if components["environment"] != before.get("environment"):
         reasons.append("environment changed")
+    elif components.get("environment_build") != before.get("environment_build"):
+        reasons.append("environment build changed (how its packages are mapped or built)")
     return reasons or ["the cached result is not available"]
 
 

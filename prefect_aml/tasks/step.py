@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,16 +28,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from prefect.logging.handlers import APILogHandler
 
-from prefect_aml import _runctx
+from prefect_aml import _runctx, envbuild
 from prefect_aml._azureml import SHIM_DIR, real_sdk
 from prefect_aml.blocks.datastores import LocalDatastore
 from prefect_aml.dataset import _Dataset, output_dataset
-from prefect_aml.exceptions import StepFailedError
+from prefect_aml.exceptions import EnvironmentException, StepFailedError
 from prefect_aml.names import (
     LOG_FILE,
     RECORD_FILE,
@@ -94,6 +95,33 @@ def publish_metrics(step_name: str, metrics: dict[str, Any]) -> None:
     create_table_artifact(rows, key=artifact_key("metrics", step_name), description=f"Metrics of step {step_name}")
 
 
+def publish_environment(step_name: str, details: dict[str, Any] | None) -> None:
+    """A built environment's lock (what was installed, exactly) as a markdown artifact of the current run."""
+    if not details:
+        return
+    lock = "\n".join(details["lock"])
+    skipped = f"\n\nServed by the step runtime, not installed: {', '.join(details['skipped'])}" \
+        if details.get("skipped") else ""
+    create_markdown_artifact(
+        f"Environment **{details['name']}** (hash `{details['hash']}`, Python {details['python']})\n\n"
+        f"```\n{lock}\n```{skipped}", key=artifact_key("environment", step_name),
+        description=f"Environment lock of step {step_name}")
+
+
+def _environment(spec: StepSpec, ctx: RunContext, logger) -> envbuild.BuiltEnv | None:
+    """The step's environment built (or found) on this machine, under its workspace home; None: no packages."""
+    started = time.monotonic()
+    try:
+        built = envbuild.ensure(spec.environment, ctx.ws().home, log=logger.info)
+    except EnvironmentException as err:
+        raise StepFailedError(f"Step {spec.name!r}: {err}") from err
+    if built:
+        built.seconds = round(time.monotonic() - started, 3)
+    for note in built.notes() if built and not built.built else ():  # a build has said them already
+        logger.info(note)
+    return built
+
+
 @dataclass
 class _Scratch:
     """A step run's scratch space: its source, inputs, outputs and run-context folder, and the local paths."""
@@ -101,6 +129,7 @@ class _Scratch:
     root: Path
     inputs: dict[str, Any] = field(default_factory=dict)  # name -> local path, or {"dataset": definition}
     outputs: dict[str, str] = field(default_factory=dict)  # name -> local folder
+    built: envbuild.BuiltEnv | None = None  # the step's built environment (None: this interpreter)
 
     @property
     def src(self) -> Path:
@@ -153,6 +182,7 @@ def _prepare(spec: StepSpec, plan: StepPlan, ctx: RunContext, inputs: dict[str, 
     scratch.ctx_dir.mkdir()
     if spec.snapshot_id:
         restore_snapshot(ctx.default_store, spec.snapshot_id, scratch.src, ctx.ws().home / "snapshots")
+    scratch.built = _environment(spec, ctx, logger)
     for name, i in inputs.items():
         if "dataset" not in i:
             scratch.inputs[name] = _materialise(i["store"], i["path"], scratch.root / "inputs" / name, i["mode"],
@@ -160,6 +190,9 @@ def _prepare(spec: StepSpec, plan: StepPlan, ctx: RunContext, inputs: dict[str, 
         elif i["mode"] == "direct":  # the script gets the dataset itself from Run.get_context().input_datasets
             scratch.inputs[name] = {"dataset": {k: i["definition"][k] for k in ("kind", "paths", "options", "ops",
                                                                                   "pin") if k in i["definition"]}}
+            if scratch.built:  # a built environment's light runtime reads it from local files
+                scratch.inputs[name]["local"] = envbuild.materialise_direct_input(
+                    i["dataset"], scratch.root / "inputs" / name)
         else:
             paths = i["dataset"].download(scratch.root / "inputs" / name, overwrite=True)
             scratch.inputs[name] = paths[0] if len(paths) == 1 else str(scratch.root / "inputs" / name)
@@ -190,10 +223,13 @@ def _command(spec: StepSpec, ctx: RunContext, scratch: _Scratch, task_run_id: st
     for k, v in spec.params.items():
         env[f"AML_PARAMETER_{k}"] = resolve(v)
     env.update({_runctx.CONTEXT_ENV: str(context_file), _runctx.RUN_ID_ENV: task_run_id, "PYTHONUNBUFFERED": "1"})
-    shim = _azureml_shim()
-    if shim:  # `from azureml.core import Run` works in the script (v1 code unchanged)
-        env["PYTHONPATH"] = os.pathsep.join([shim, *filter(None, [env.get("PYTHONPATH")])])
-    python = spec.environment.get("interpreter") or sys.executable  # the environment's, else this one
+    if scratch.built:  # its interpreter, its packages and the light step runtime
+        python = envbuild.step_process(scratch.built, env, spec.environment.get("variables"))
+    else:
+        shim = _azureml_shim()
+        if shim:  # `from azureml.core import Run` works in the script (v1 code unchanged)
+            env["PYTHONPATH"] = os.pathsep.join([shim, *filter(None, [env.get("PYTHONPATH")])])
+        python = spec.environment.get("interpreter") or sys.executable  # the environment's, else this one
     if spec.kind == "python":
         return [python, spec.script_name, *[resolve(a) for a in spec.arguments]], env
     argv = [resolve(a) for a in spec.command]
@@ -293,9 +329,11 @@ def execute_step(spec: StepSpec, plan: StepPlan, ctx: RunContext, upstream: dict
             step=spec.name, key=plan.key, out_key=plan.out_key, task_run_id=task_run_id, pipeline_run_id=ctx.run_id,
             snapshot_id=spec.snapshot_id, metrics=metrics, tags=_runctx.read_tags(scratch.ctx_dir),
             started=started.isoformat(), log={"datastore": store.name, "path": f"{rdir}/{LOG_FILE}"}, exit_code=code,
-            components=plan.components, source_files=plan.source_files, git=spec.git, explanation=plan.explanation)
+            components=plan.components, source_files=plan.source_files, git=spec.git, explanation=plan.explanation,
+            environment=scratch.built.details() if scratch.built else None)
         if publish:
             publish_metrics(spec.name, metrics)
+            publish_environment(spec.name, record.environment)
         if code != 0:
             record.status, record.ended = "Failed", datetime.now(UTC).isoformat()
             write_json(store, f"{rdir}/{RECORD_FILE}", record.as_json())

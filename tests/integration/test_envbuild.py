@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ from typer.testing import CliRunner
 from prefect_aml import CondaDependencies, Environment, Workspace, envbuild
 from prefect_aml.cli import app
 from prefect_aml.exceptions import EnvironmentException
+from tests.services import TEST_ENVS
 
-SHARED = Path(os.environ.get("PREFECT_AML_TEST_ENVS") or Path(tempfile.gettempdir()) / f"prefect-aml-test-envs-{os.getuid()}")
+SHARED = TEST_ENVS
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import sys
 import textwrap
 import uuid
@@ -10,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId
 
 from prefect_aml import (
     CondaDependencies,
@@ -20,6 +23,7 @@ from prefect_aml import (
     Pipeline,
     PythonScriptStep,
     RunConfiguration,
+    envbuild,
 )
 
 
@@ -120,3 +124,89 @@ def test_a_steps_environment_reaches_its_script_and_its_reuse_key(ws, tmp_path):
     assert again.reused
     changed, seen = run_with("green")
     assert seen["color"] == "green" and not changed.reused  # the environment is part of the reuse key
+
+
+# -- environments built for real, at step level (real pipeline runs) -------------------------------------------
+SHOW = """
+    import sys, tabulate
+    from azureml.core import Run
+    Run.get_context().log("tabulate", tabulate.__version__)
+    print("tabulate", tabulate.__version__, "from", sys.prefix)
+"""
+
+
+def _with_packages(name: str, pip=None, conda=None) -> RunConfiguration:
+    rc = RunConfiguration()
+    rc.environment = Environment(name)
+    rc.environment.python.conda_dependencies = CondaDependencies.create(pip_packages=pip, conda_packages=conda)
+    return rc
+
+
+def _source(tmp_path: Path, script: str = SHOW) -> Path:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "show.py").write_text(textwrap.dedent(script))
+    return src
+
+
+def test_a_step_gets_a_package_the_project_lacks_built_once_for_later_steps_and_runs(ws, tmp_path, monkeypatch):
+    assert importlib.util.find_spec("tabulate") is None, "this test needs a package absent from the project's venv"
+    monkeypatch.setenv(envbuild.ENVS_DIR_ENV, str(tmp_path / "envs"))  # a cache of its own: builds are counted
+    src, rc, exp = _source(tmp_path), _with_packages(_name("tab"), pip=["tabulate==0.9.0"]), _name("envs")
+
+    def run_twice_in_a_row():
+        first, second = (PythonScriptStep("show.py", name=n, source_directory=str(src), runconfig=rc,
+                                          allow_reuse=False) for n in ("first", "second"))
+        second.run_after(first)
+        run = Experiment(ws, exp).submit(Pipeline(ws, [first, second]))
+        assert run.wait_for_completion(show_output=False) == "Finished"
+        return [run.find_step_run(n)[0] for n in ("first", "second")]
+
+    step_runs = run_twice_in_a_row() + run_twice_in_a_row()
+    details = [s.get_details() for s in step_runs]
+    envs = [d["environment"] for d in details]
+    # built once, by the first step; the second step and both steps of the second run found it
+    assert [e["built"] for e in envs] == [True, False, False, False]
+    assert len(envbuild.cached(tmp_path)) == 1 and len({e["path"] for e in envs}) == 1
+    for s, e in zip(step_runs, envs, strict=True):
+        assert f"tabulate 0.9.0 from {e['path']}" in s.get_job_log()  # its own interpreter and package
+        assert s.get_metrics() == {"tabulate": "0.9.0"}  # Run.get_context() of the light runtime
+        assert e["lock"] == ["tabulate==0.9.0"] and e["name"] == rc.environment.name
+    print("environment: built in", envs[0]["seconds"], "s, found in", [e["seconds"] for e in envs[1:]], "s; steps took",
+          [d["durationSeconds"] for d in details], "s")
+    # the lock is in the Prefect UI too: a markdown artifact of the step's task run
+    with ws.client() as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            task_run_id=ArtifactFilterTaskRunId(any_=[step_runs[0].id])))
+    (art,) = [a for a in arts if a.key == "environment-first"]
+    assert art.type == "markdown" and "tabulate==0.9.0" in art.data and envs[0]["hash"] in art.data
+
+
+def test_two_steps_of_one_pipeline_each_see_their_version_of_a_package(ws, tmp_path):
+    src = _source(tmp_path)
+    steps = [PythonScriptStep("show.py", name=f"v{version}", source_directory=str(src), allow_reuse=False,
+                              runconfig=_with_packages(_name("tab"), pip=[f"tabulate=={version}"]))
+             for version in ("0.8.10", "0.9.0")]
+    run = Experiment(ws, _name("envs")).submit(Pipeline(ws, steps))
+    assert run.wait_for_completion(show_output=False) == "Finished"
+    for version in ("0.8.10", "0.9.0"):
+        step_run = run.find_step_run(f"v{version}")[0]
+        assert f"tabulate {version} from" in step_run.get_job_log()
+        assert step_run.get_details()["environment"]["lock"] == [f"tabulate=={version}"]
+    keys = {run.find_step_run(f"v{v}")[0].get_details()["reuseKey"] for v in ("0.8.10", "0.9.0")}
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize("packages, named", [
+    ({"conda": ["cudatoolkit=11.8"]}, "conda package 'cudatoolkit=11.8' has no PyPI equivalent"),
+    ({"pip": ["tabulate==99.1"]}, "pip package 'tabulate==99.1' has no such version"),
+])
+def test_a_package_that_cannot_be_built_is_refused_at_submit_and_publish(ws, tmp_path, packages, named):
+    rc = _with_packages(_name("bad"), **packages)
+    step = PythonScriptStep("show.py", source_directory=str(_source(tmp_path)), runconfig=rc)
+    exp = Experiment(ws, _name("envs"))
+    with pytest.raises(EnvironmentException, match=re.escape(named)):
+        exp.submit(Pipeline(ws, [step]))
+    assert list(exp.get_runs()) == []  # refused before any flow run exists
+    with pytest.raises(EnvironmentException, match=re.escape(named)):
+        Pipeline(ws, [step]).publish(_name("bad-pub"))

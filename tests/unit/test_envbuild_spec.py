@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 
 from prefect_aml import CondaDependencies, Environment, envbuild
+from prefect_aml._runctx import collect_metrics
 from prefect_aml.exceptions import EnvironmentException
+from prefect_aml.pipeline.spec import StepSpec
 from prefect_aml.runs import Run as FullRun
-from prefect_aml.tasks.step import _collect_metrics
+from prefect_aml.tasks.reuse import components_of, explain, key_of
 
 
 def _definition(pip=None, conda=None, python=None, user_managed=False, name="demo") -> dict:
@@ -176,7 +178,7 @@ def test_the_light_runtime_writes_what_prefect_amls_run_writes(tmp_path, monkeyp
     run.log_image("curve", path="report.txt")
     for name in ("metrics.jsonl", "tags.json", "artifacts/report.txt"):
         assert (light / "run" / name).read_text() == (full / "run" / name).read_text(), name
-    assert _collect_metrics(light / "run" / "metrics.jsonl")["per-class"] == {"cls": ["a", "b"], "f1": [0.9, 0.8]}
+    assert collect_metrics(light / "run")["per-class"] == {"cls": ["a", "b"], "f1": [0.9, 0.8]}
 
 
 def test_the_light_runtime_says_what_is_not_served(tmp_path):
@@ -256,3 +258,16 @@ def test_index_credentials_are_never_shown():
     assert "s3cret" in spec.requirements[0]  # uv is given them
     assert "s3cret" not in repr(spec) and "https://***@pkgs.example/simple" in repr(spec)
     assert envbuild.redact("Because https://u:t@h/x was not found") == "Because https://***@h/x was not found"
+
+
+def test_the_build_hash_is_in_a_steps_reuse_key_only_when_something_is_built():
+    plain = StepSpec(name="s", kind="python", script_name="s.py", environment={"name": "e", "variables": {"A": "1"}})
+    assert "environment_build" not in components_of(plain, {}, {})  # keys of steps without packages stay as they were
+    packaged = plain.model_copy(update={"environment": _definition(pip=["tabulate==0.9.0"])})
+    components = components_of(packaged, {}, {})
+    assert components["environment_build"] == envbuild.spec_of(packaged.environment).hash
+    # the same definition built differently (another conda mapping, another FORMAT) re-runs the step, saying why
+    before = {**components, "environment_build": "an-older-build"}
+    assert key_of(before) != key_of(components)
+    assert explain(components, {"components": before}) == [
+        "environment build changed (how its packages are mapped or built)"]
