@@ -422,7 +422,8 @@ def _docker_ok() -> bool:
 
 @pytest.fixture
 def docker_images(tmp_path):
-    """Two local images (no registry): an empty root with the host's /usr, Python and project mounted read-only.
+    """Two local images (no registry): an empty root with the host's /usr, Python, virtual environment and
+    project mounted read-only (the project first on the path, so this checkout's code runs in them).
 
     Each holds a file naming it, so a step can tell which image it ran in."""
     if not _docker_ok():
@@ -431,6 +432,10 @@ def docker_images(tmp_path):
         pytest.skip("no Docker engine (scripts/test.sh starts one)")
     root = Path(__file__).resolve().parents[2]
     path = f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin"
+    # the CA certificates this machine reaches the package index with (a step with packages builds in its container)
+    cert = os.path.realpath(os.environ["SSL_CERT_FILE"]) if os.environ.get("SSL_CERT_FILE") else None
+    env = ["--change", f"ENV PATH={path}", "--change", f"ENV PYTHONPATH={root}",
+           *(["--change", f"ENV SSL_CERT_FILE={cert}"] if cert else [])]
     tags = []
     for which in ("compute", "env"):
         rootfs = tmp_path / f"rootfs-{which}"
@@ -442,31 +447,43 @@ def docker_images(tmp_path):
         (rootfs / "image-name").write_text(which)
         tag = f"prefect-aml-test:{which}-{uuid.uuid4().hex[:6]}"
         tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
-        subprocess.run(["docker", "import", "--change", f"ENV PATH={path}", "-", tag], input=tar, check=True,
-                       capture_output=True)
+        subprocess.run(["docker", "import", *env, "-", tag], input=tar, check=True, capture_output=True)
         tags.append(tag)
-    mounts = sorted({"/usr", sys.base_prefix, str(root)})
+    mounts = sorted({"/usr", sys.base_prefix, sys.prefix, str(root), *([os.path.dirname(cert)] if cert else [])})
     volumes = [f"{m}:{m}:ro" for m in mounts] + [f"{_STATE}:{_STATE}"]
     yield tags, volumes
+    made = [c for tag in tags for c in subprocess.run(["docker", "ps", "-aq", "--filter", f"ancestor={tag}"],
+                                                      capture_output=True, text=True).stdout.split()]
+    if made:  # the steps' containers (the worker leaves them)
+        subprocess.run(["docker", "rm", "-f", *made], capture_output=True)
     subprocess.run(["docker", "rmi", "-f", *tags], capture_output=True)
 
 
-def test_docker_compute_runs_a_step_in_a_container(ws, tmp_path, docker_images):
+def test_docker_compute_runs_a_step_in_a_container(ws, tmp_path, docker_images, monkeypatch):
+    """A step in its compute's image, and a step in its environment's image whose packages it gets: built in
+    its container (with the container's Python) onto a volume of the engine that keeps them."""
     from prefect.client.orchestration import get_client
 
-    from prefect_aml import DockerCompute, Environment
+    from prefect_aml import DockerCompute, Environment, envbuild
 
     (compute_image, env_image), volumes = docker_images
+    volume = _name("prefect-aml-test-envs")  # the engine's volume of built environments, this test's own
+    monkeypatch.setenv(envbuild.DOCKER_VOLUME_ENV, volume)
     docker = ComputeTarget.create(ws, _name("docker"), DockerCompute.provisioning_configuration(
         image=compute_image, volumes=volumes, network_mode="host", max_nodes=2, vm_size="STANDARD_D2_V2"))
     src = tmp_path / "src"
     src.mkdir()
     (src / "inside.py").write_text(textwrap.dedent("""
-        import argparse, json, os
+        import argparse, json, os, sys
         p = argparse.ArgumentParser(); p.add_argument("--out"); args = p.parse_args()
+        try:
+            import tabulate
+            version = tabulate.__version__
+        except ImportError:
+            version = None
         os.makedirs(args.out, exist_ok=True)
         json.dump({"container": os.path.exists("/.dockerenv"), "image": open("/image-name").read(),
-                   "color": os.environ.get("COLOR"), "pip": os.environ.get("EXTRA_PIP_PACKAGES")},
+                   "color": os.environ.get("COLOR"), "tabulate": version, "prefix": sys.prefix},
                   open(os.path.join(args.out, "inside.json"), "w"))
     """))
     worker = Worker(ws, docker.name, "docker-host")
@@ -479,7 +496,7 @@ def test_docker_compute_runs_a_step_in_a_container(ws, tmp_path, docker_images):
         rc.environment = Environment(_name("img"))
         rc.environment.docker.base_image = env_image
         rc.environment.environment_variables = {"COLOR": "teal"}
-        rc.environment.python.conda_dependencies = CondaDependencies.create(pip_packages=["tqdm", "rich>=13"])
+        rc.environment.python.conda_dependencies = CondaDependencies.create(pip_packages=["tabulate==0.9.0"])
         steps = [PythonScriptStep("inside.py", name=name, source_directory=str(src), compute_target=docker,
                                   runconfig=config, arguments=["--out", OutputFileDatasetConfig("o")],
                                   allow_reuse=False)
@@ -491,12 +508,26 @@ def test_docker_compute_runs_a_step_in_a_container(ws, tmp_path, docker_images):
             folder = run.find_step_run(s.name)[0].get_output_data("o").download(str(tmp_path / s.name),
                                                                                 show_progress=False)
             seen[s.name] = json.loads(Path(folder, "inside.json").read_text())
-        assert seen["default-image"] == {"container": True, "image": "compute", "color": None, "pip": None}
-        # pip packages reach the container as Prefect's images expect them (this image installs nothing)
-        assert seen["env-image"] == {"container": True, "image": "env", "color": "teal", "pip": "tqdm rich>=13"}
+        assert seen["default-image"] == {"container": True, "image": "compute", "color": None, "tabulate": None,
+                                         "prefix": sys.prefix}  # no packages: the worker's Python, in the image
+        env_dir = f"{envbuild.DOCKER_CACHE}/envs/"
+        assert seen["env-image"] == {"container": True, "image": "env", "color": "teal", "tabulate": "0.9.0",
+                                     "prefix": seen["env-image"]["prefix"]}
+        assert seen["env-image"]["prefix"].startswith(env_dir)  # built in the container, on the engine's volume
+        details = run.find_step_run("env-image")[0].get_details()["environment"]
+        assert details["lock"] == ["tabulate==0.9.0"] and details["path"] == seen["env-image"]["prefix"]
+        listed = subprocess.run(["docker", "run", "--rm", "-v", "/usr:/usr:ro", "-v", f"{volume}:/v", compute_image,
+                                 "/bin/ls", "/v/envs"],
+                                capture_output=True, text=True)
+        assert listed.returncode == 0 and listed.stdout.split() == [details["path"].removeprefix(env_dir)]
     finally:
         worker.stop()
         docker.delete()
+        used = subprocess.run(["docker", "ps", "-aq", "--filter", f"volume={volume}"], capture_output=True,
+                              text=True).stdout.split()
+        if used:  # the step's container holds the volume
+            subprocess.run(["docker", "rm", "-f", *used], capture_output=True)
+        subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
 
 
 @pytest.mark.skipif(_has_gpu() is None, reason="dask-cuda and a GPU are here: the real GPU test runs instead")
