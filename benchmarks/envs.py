@@ -7,14 +7,19 @@
 2. what a cached environment adds to a step script's start against the worker's own interpreter: the
    look-up (`envbuild.ensure` finding it), then `from azureml.core import Run; Run.get_context().log(...)`
    run with the environment's interpreter and the light runtime, against the worker's interpreter with the
-   `azureml` shim (which loads prefect_aml); and a bare `pass` both ways (the interpreters alone).
+   `azureml` shim (which loads prefect_aml); and a bare `pass` both ways (the interpreters alone);
+3. the same at step level: chains of pipeline steps (real runs against a Prefect server on PostgreSQL)
+   whose environment is built and cached, against the same steps in the worker's own environment, each
+   step's task-run duration compared (a look-up, the process set-up and the script included).
 
-    python benchmarks/envs.py [--repeat 3] [--starts 15] [--json out.json]
+    python benchmarks/envs.py [--repeat 3] [--starts 15] [--steps 8] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -28,7 +33,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prefect_aml import CondaDependencies, Environment, envbuild  # noqa: E402
+from prefect_aml import (  # noqa: E402
+    CondaDependencies,
+    Environment,
+    Experiment,
+    Pipeline,
+    PythonScriptStep,
+    RunConfiguration,
+    StepSequence,
+    Workspace,
+    envbuild,
+)
 from prefect_aml._azureml import SHIM_DIR  # noqa: E402
 
 PACKAGES = ["pandas", "scikit-learn"]
@@ -140,12 +155,72 @@ def bench_starts(starts: int) -> dict:
             "added_pass_ms": (med["lookup"] + med["env pass.py"] - med["worker pass.py"]) * 1000}
 
 
+def bench_steps(steps: int, repeat: int) -> dict:
+    """Per-step task-run durations of `steps`-step chains, with a cached environment and in the worker's own,
+    for both scripts; the sides alternate which goes first in each round."""
+    from tests.services import PG_URL, PrefectServer
+
+    state = Path(tempfile.mkdtemp(prefix="aml-bench-env-steps-"))
+    os.environ.update(PREFECT_AML_HOME=str(state / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    server = PrefectServer(state, PG_URL)
+    os.environ["PREFECT_API_URL"] = server.url
+    try:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+        ws = Workspace()
+        exp = Experiment(ws, "bench-env-steps")
+        src = state / "src"
+        src.mkdir()
+        (src / "run.py").write_text(RUN_SCRIPT)
+        (src / "pass.py").write_text("pass\n")
+        cached = RunConfiguration()
+        cached.environment = Environment("bench-steps")
+        cached.environment.python.conda_dependencies = CondaDependencies.create(pip_packages=["tabulate==0.9.0"])
+
+        def chain(script: str, rc) -> list[float]:
+            chained = [PythonScriptStep(script, name=f"s{i:02d}", source_directory=str(src), runconfig=rc,
+                                        allow_reuse=False) for i in range(steps)]
+            with contextlib.redirect_stdout(io.StringIO()):  # the plan it prints, step by step
+                run = exp.submit(Pipeline(ws, [StepSequence(steps=chained)]))
+            assert run.wait_for_completion(show_output=False) == "Finished"
+            return [s.get_details()["durationSeconds"] for s in run.get_steps()]
+
+        chain("pass.py", cached)  # warm up: the environment built once, the runner, the snapshot stored
+        chain("pass.py", None)
+        rows: dict[str, list[float]] = {f"{side} {script}": [] for side in ("worker", "env")
+                                        for script in ("run.py", "pass.py")}
+        for i in range(repeat):
+            sides = [("worker", None), ("env", cached)]
+            for side, rc in sides if i % 2 == 0 else sides[::-1]:
+                for script in ("run.py", "pass.py"):
+                    time.sleep(1.5)  # the server finishes the previous run's events and logs first
+                    rows[f"{side} {script}"] += chain(script, rc)
+    finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        from prefect_aml.flows import forkserver
+
+        for service in (APILogWorker, EventsWorker):
+            service.drain_all(timeout=10)
+        forkserver.stop()
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    return {"median_s": med, "steps_per_side": len(rows["env pass.py"]),
+            "added_run_ms": (med["env run.py"] - med["worker run.py"]) * 1000,
+            "added_pass_ms": (med["env pass.py"] - med["worker pass.py"]) * 1000}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--starts", type=int, default=15)
     parser.add_argument("--json")
     parser.add_argument("--skip-builds", action="store_true")
+    parser.add_argument("--skip-starts", action="store_true")
+    parser.add_argument("--steps", type=int, default=8, help="steps per chain at step level (0: skip)")
     args = parser.parse_args()
     out = {}
     if not args.skip_builds:
@@ -158,13 +233,22 @@ def main() -> None:
               f"ratio {b['ratio_warm']:.1f}x")
         print(f"  pip --no-compile: cold {m['pip-no-compile cold']:.1f} s (ratio {b['ratio_cold_no_compile']:.1f}x), "
               f"warm {m['pip-no-compile warm']:.1f} s (ratio {b['ratio_warm_no_compile']:.1f}x)")
-    s = out["starts"] = bench_starts(args.starts)
-    m = s["median_s"]
-    print(f"step start, median of {args.starts}: look-up {m['lookup'] * 1e3:.2f} ms;")
-    print(f"  run.py: worker {m['worker run.py'] * 1e3:.0f} ms, cached env {m['env run.py'] * 1e3:.0f} ms "
-          f"(added {s['added_run_ms']:+.0f} ms)")
-    print(f"  pass.py: worker {m['worker pass.py'] * 1e3:.0f} ms, cached env {m['env pass.py'] * 1e3:.0f} ms "
-          f"(added {s['added_pass_ms']:+.0f} ms)")
+    if not args.skip_starts:
+        s = out["starts"] = bench_starts(args.starts)
+        m = s["median_s"]
+        print(f"script start, median of {args.starts}: look-up {m['lookup'] * 1e3:.2f} ms;")
+        print(f"  run.py: worker {m['worker run.py'] * 1e3:.0f} ms, cached env {m['env run.py'] * 1e3:.0f} ms "
+              f"(added {s['added_run_ms']:+.0f} ms)")
+        print(f"  pass.py: worker {m['worker pass.py'] * 1e3:.0f} ms, cached env {m['env pass.py'] * 1e3:.0f} ms "
+              f"(added {s['added_pass_ms']:+.0f} ms)")
+    if args.steps:
+        s = out["steps"] = bench_steps(args.steps, args.repeat)
+        m = s["median_s"]
+        print(f"pipeline steps (task-run duration), median of {s['steps_per_side']} steps a side:")
+        print(f"  run.py: worker {m['worker run.py'] * 1e3:.0f} ms, cached env {m['env run.py'] * 1e3:.0f} ms "
+              f"(added {s['added_run_ms']:+.0f} ms)")
+        print(f"  pass.py: worker {m['worker pass.py'] * 1e3:.0f} ms, cached env {m['env pass.py'] * 1e3:.0f} ms "
+              f"(added {s['added_pass_ms']:+.0f} ms)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 
