@@ -17,7 +17,7 @@ from prefect_aml.flows.dask import run_on_dask
 from prefect_aml.flows.step import run_on_pool
 from prefect_aml.pipeline.spec import StepSpec
 from prefect_aml.tasks.context import RunContext, StepPlan, StepResult
-from prefect_aml.tasks.step import execute_step, publish_metrics
+from prefect_aml.tasks.step import execute_step, publish_environment, publish_metrics
 
 
 @task(persist_result=True, result_serializer="json")
@@ -35,5 +35,6 @@ def run_step(step: dict, plan: StepPlan, ctx: RunContext, upstream: dict[str, St
             publish_metrics(spec.name, getattr(err, "metrics", None) or {})
             raise
         publish_metrics(spec.name, result.metrics or {})
-        return result.model_copy(update={"metrics": None})
+        publish_environment(spec.name, result.environment)
+        return result.model_copy(update={"metrics": None, "environment": None})
     return execute_step(spec, plan, ctx, upstream, task_run_id)

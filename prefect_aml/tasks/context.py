@@ -92,6 +92,7 @@ class StepResult(BaseModel):
     task_run_id: str | None = None
     pipeline_run_id: str | None = None
     metrics: dict[str, Any] | None = None  # from a Dask worker: published by the task run that waited
+    environment: dict[str, Any] | None = None  # from a Dask worker: its built environment, published likewise
 
 
 class StepRecord(BaseModel):

@@ -350,7 +350,8 @@ def execute_step(spec: StepSpec, plan: StepPlan, ctx: RunContext, upstream: dict
         if spec.allow_reuse:
             write_json(store, reuse_record_path(plan.key), record.as_json())  # before Prefect's cache record
         return StepResult(step=spec.name, key=plan.key, out_key=plan.out_key, outputs=plan.outputs,
-                          task_run_id=task_run_id, pipeline_run_id=ctx.run_id, metrics=None if publish else metrics)
+                          task_run_id=task_run_id, pipeline_run_id=ctx.run_id, metrics=None if publish else metrics,
+                          environment=None if publish else record.environment)
     finally:
         _remove_scratch(scratch.root)
 

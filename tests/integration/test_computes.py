@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId
 
 from prefect_aml import (
     ActivityFailedException,
@@ -300,6 +302,13 @@ def test_dask_local_cluster_runs_a_fan_out_concurrently(ws, src, tmp_path):
 @pytest.fixture
 def dask_cluster():
     """An external `dask scheduler` and two `dask worker`s; one advertises a (fake) GPU resource."""
+    with _dask_cluster({"gpu-node": (["--resources", "GPU=1"], {}), "cpu-node": ([], {})}) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def _dask_cluster(nodes: dict[str, tuple[list[str], dict]]):
+    """A `dask scheduler` and a `dask worker` per node (its extra arguments, its environment variables)."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler = Service("dask-scheduler", _STATE, [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
@@ -309,10 +318,10 @@ def dask_cluster():
                                                capture_output=True).returncode == 0)
     workers = []
     try:
-        for node, extra in (("gpu-node", ["--resources", "GPU=1"]), ("cpu-node", [])):
+        for node, (extra, variables) in nodes.items():
             workers.append(Service(f"dask-{node}", _STATE, [str(BIN / "dask"), "worker", address, "--nthreads", "1",
                                                              "--nworkers", "1", "--no-dashboard", *extra],
-                                   lambda: True, env=dict(os.environ, AML_TEST_NODE=node)))
+                                   lambda: True, env={**os.environ, "AML_TEST_NODE": node, **variables}))
         yield address
     finally:
         for w in workers:
@@ -337,6 +346,37 @@ def test_external_dask_cluster_routes_gpu_steps_to_gpu_workers(ws, src, tmp_path
     finally:
         gpu.delete()
         cpu.delete()
+
+
+def test_a_dask_step_with_packages_builds_them_in_its_workers_home(ws, tmp_path):
+    """A remote Dask worker builds a step's environment under its own home (not the submitter's), and the lock
+    reaches the step's details and its task run in the Prefect UI."""
+    from prefect_aml import RunConfiguration
+
+    home = tmp_path / "worker-home"
+    variables = {"PREFECT_AML_HOME": str(home), "PREFECT_AML_ENVS_DIR": ""}  # that machine's own home
+    with _dask_cluster({"cpu-node": ([], variables)}) as address:
+        cpu = ComputeTarget.attach(ws, _name("cpu"), DaskCompute.attach_configuration(address=address))
+        try:
+            src = tmp_path / "src"
+            src.mkdir()
+            (src / "show.py").write_text("import tabulate\nprint('tabulate', tabulate.__version__)\n")
+            rc = RunConfiguration()
+            rc.environment.python.conda_dependencies = CondaDependencies.create(pip_packages=["tabulate==0.9.0"])
+            step = PythonScriptStep("show.py", name="show", source_directory=str(src), compute_target=cpu,
+                                    runconfig=rc, allow_reuse=False)
+            run = _exp(ws).submit(Pipeline(ws, [step]))
+            assert run.wait_for_completion(show_output=False) == "Finished"
+            step_run = run.find_step_run("show")[0]
+            assert "tabulate 0.9.0" in step_run.get_job_log()
+            details = step_run.get_details()["environment"]
+            assert details["lock"] == ["tabulate==0.9.0"] and details["path"].startswith(str(home / "envs"))
+            with ws.client() as client:
+                arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                    task_run_id=ArtifactFilterTaskRunId(any_=[step_run.id])))
+            assert "tabulate==0.9.0" in {a.key: a for a in arts}["environment-show"].data
+        finally:
+            cpu.delete()
 
 
 def test_dask_steps_report_to_their_task_runs_and_start_when_a_slot_is_free(ws, src, dask_cluster):
