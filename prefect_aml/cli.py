@@ -14,11 +14,12 @@ import anyio
 import typer
 from prefect.context import refresh_global_settings_context
 
-from prefect_aml import _embedded
+from prefect_aml import _embedded, envbuild
 from prefect_aml._azureml import SHIM_DIR, real_sdk
 from prefect_aml.compute import ComputeTarget
 from prefect_aml.deployments.trigger import watch
-from prefect_aml.exceptions import ComputeTargetException
+from prefect_aml.environment import Environment
+from prefect_aml.exceptions import ComputeTargetException, EnvironmentException
 from prefect_aml.flows import forkserver
 from prefect_aml.workspace import Workspace
 
@@ -244,8 +245,6 @@ app.add_typer(env_app, name="env")
 @env_app.command("list")
 def env_list() -> None:
     """The environments built on this machine (under the workspace home, or $PREFECT_AML_ENVS_DIR)."""
-    from prefect_aml import Workspace, envbuild
-
     home = Workspace.from_config().home
     entries = envbuild.cached(home)
     if not entries:
@@ -262,11 +261,6 @@ def env_build(
     version: str = typer.Option(None, help="the registered version (default: the latest)"),
 ) -> None:
     """Build an environment on this machine now, as its first step would, and print its lock."""
-    from pathlib import Path
-
-    from prefect_aml import Environment, Workspace
-    from prefect_aml.exceptions import EnvironmentException
-
     ws = Workspace.from_config()
     try:
         if Path(name).is_file():
@@ -288,8 +282,6 @@ def env_prune(
     dry_run: bool = typer.Option(False, help="only say what would be removed"),
 ) -> None:
     """Remove the built environments no run used for DAYS days (a later step builds its own again)."""
-    from prefect_aml import Workspace, envbuild
-
     gone = envbuild.prune(Workspace.from_config().home, days, dry_run=dry_run)
     for e in gone:
         typer.echo(f"{'would remove' if dry_run else 'removed'} {e['key']} ({e['name']!r}, last used "
