@@ -16,12 +16,14 @@ The OpenAPI document is at `/openapi.json`. Prefect's own route works as well:
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prefect_aml.deployments.endpoint import PipelineEndpoint
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
     from prefect_aml.workspace import Workspace
 
 TOKEN_ENV = "PREFECT_AML_SERVE_TOKEN"
+MAX_BODY_ENV = "PREFECT_AML_SERVE_MAX_BODY"  # bytes a request body may have (default 1 MiB)
+DEFAULT_MAX_BODY = 1024 * 1024
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+_Value = Annotated[str, StringConstraints(max_length=4096)]
 
 
 class DataPathAssignment(BaseModel):
@@ -49,10 +55,10 @@ class PipelineSubmitRequest(BaseModel):
 
     ExperimentName: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\:]+$",
                                 description="The experiment the run is filed under (no '/', '\\' or ':').")
-    ParameterAssignments: dict[str, Any] = Field(default_factory=dict)
-    DataPathAssignments: dict[str, DataPathAssignment] = Field(default_factory=dict)
-    Tags: dict[str, str] = Field(default_factory=dict)
-    Description: str | None = None
+    ParameterAssignments: dict[_Name, Any] = Field(default_factory=dict, max_length=256)
+    DataPathAssignments: dict[_Name, DataPathAssignment] = Field(default_factory=dict, max_length=256)
+    Tags: dict[_Name, _Value] = Field(default_factory=dict, max_length=64)
+    Description: str | None = Field(default=None, max_length=4096)
 
 
 class PipelineRunResponse(BaseModel):
@@ -73,14 +79,47 @@ class ErrorResponse(BaseModel):
     error: dict[str, str]
 
 
+def _error(status: int, message: str, headers=None) -> JSONResponse:
+    return JSONResponse({"error": {"code": str(status), "message": message}}, status_code=status, headers=headers)
+
+
+class _BodyLimit:
+    """Refuses a request body over `limit` bytes with 413 before the application sees it: by its declared
+    length, or (streamed without one) as its bytes arrive; at most `limit` bytes are held."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = _error(413, f"The request body is larger than {self.limit} bytes ({MAX_BODY_ENV}).")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await too_big(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await too_big(scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
 def create_app(workspace: Workspace, token: str):
     """The FastAPI application (`prefect-aml serve` runs it with uvicorn)."""
     app = FastAPI(title="prefect-aml pipelines REST", version="1.0",
                   description="Azure ML (SDK v1) REST routes for published pipelines and pipeline endpoints, "
                               "served by prefect-aml over Prefect deployments.")
     bearer = HTTPBearer(auto_error=False)
-    errors = {401: {"model": ErrorResponse}, 400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-              409: {"model": ErrorResponse}}
+    errors = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422)}
 
     def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
@@ -89,8 +128,14 @@ def create_app(workspace: Workspace, token: str):
 
     @app.exception_handler(StarletteHTTPException)  # ours, and the framework's (e.g. a body that is not JSON)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"error": {"code": str(exc.status_code), "message": str(exc.detail)}},
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)  # a body or parameter out of bounds: the same error shape
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
+        return _error(422, f"Invalid request: {where}")
+
+    app.add_middleware(_BodyLimit, limit=int(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY))
 
     prefix = ("/pipelines/v1.0/subscriptions/{subscription_id}/resourceGroups/{resource_group}/providers/"
               "Microsoft.MachineLearningServices/workspaces/{workspace_name}")

@@ -2,7 +2,9 @@
 
 Prefect takes a step's lock without a time limit, so a runner killed mid-step (machine lost) would
 leave its lock forever. Here each lock is a lease (`LEASE_S`) renewed by its holder while it lives;
-a lost holder's lease runs out, and on the same machine a dead holder's lock is broken at once.
+a lost holder's lease runs out, and on the same machine a dead holder's lock is broken at once. Prefect
+names holders by a UUID of its transaction, so the holding process's host and pid are written into the
+lock file beside it: that is what tells a dead holder, whatever the form of its id.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from prefect.locking.filesystem import FileSystemLockManager
 LEASE_S = 60.0
 
 
-def _holder_is_dead(holder: str | None) -> bool:
-    """Holders are "host:pid:..."; a holder on this host whose process is gone is dead."""
-    if not holder:
-        return False
-    parts = holder.split(":")
-    if len(parts) < 2 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+def _holder_is_dead(info: dict) -> bool:
+    """A lock held by a process on this host that is gone. The host and pid are the lock file's own fields
+    (written by this module), else read from a holder of the form "host:pid:..."."""
+    host, pid = info.get("host"), info.get("pid")
+    if host is None:
+        parts = str(info.get("holder") or "").split(":")
+        if len(parts) < 2 or not parts[1].isdigit():
+            return False
+        host, pid = parts[0], parts[1]
+    if host != socket.gethostname() or not str(pid).isdigit():
         return False
     try:
-        os.kill(int(parts[1]), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except PermissionError:
@@ -91,11 +97,17 @@ class LeasedFileLockManager(_Leases, FileSystemLockManager):
             info = self._get_lock_info(key, use_cache=use_cache)
         except ValueError:  # being written by its new holder right now
             return True
-        if info is not None and _holder_is_dead(info.get("holder")):
+        if info is not None and _holder_is_dead(info):
             Path(info["path"]).unlink(missing_ok=True)
             self._locks.pop(key, None)
             return False
         return super().is_locked(key, use_cache=use_cache)
+
+    def acquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
+        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
+        if acquired:
+            self._renew(key, holder)  # this process's host and pid beside Prefect's holder id
+        return acquired
 
     def _renew(self, key: str, holder: str) -> None:
         path = Path(self._lock_path_for_key(key))
@@ -104,7 +116,8 @@ class LeasedFileLockManager(_Leases, FileSystemLockManager):
             return
         expiration = datetime.now(UTC) + timedelta(seconds=LEASE_S)
         tmp = path.with_suffix(f".{os.getpid()}.renew")
-        tmp.write_text(json.dumps({"holder": holder, "expiration": str(expiration)}))
+        tmp.write_text(json.dumps({"holder": holder, "expiration": str(expiration), "host": socket.gethostname(),
+                                   "pid": os.getpid()}))
         os.replace(tmp, path)
         self._locks.pop(key, None)
 
