@@ -9,74 +9,49 @@
     run.wait_for_completion()
 """
 
-from prefect_aml import _tls
-from prefect_aml.blocks.datastores import (
-    AzureBlobDatastore,
-    AzureDataLakeGen2Datastore,
-    LocalDatastore,
-    S3Datastore,
-)
-from prefect_aml.compute import AmlCompute, ComputeTarget, DaskCompute, DockerCompute
-from prefect_aml.dataset import Dataset, FileDataset, MountContext, TabularDataset
-from prefect_aml.datastore import Datastore
-from prefect_aml.deployments.endpoint import PipelineEndpoint, PipelineVersion
-from prefect_aml.deployments.published import PublishedPipeline
-from prefect_aml.deployments.schedule import Schedule, ScheduleException, ScheduleRecurrence
-from prefect_aml.environment import (
-    DEFAULT_CPU_IMAGE,
-    DEFAULT_GPU_IMAGE,
-    CondaDependencies,
-    Environment,
-    EnvironmentException,
-    RunConfiguration,
-)
-from prefect_aml.exceptions import (
-    ActivityFailedException,
-    AzureMLException,
-    CircularDependencyError,
-    ComputeTargetException,
-    DatasetChangedError,
-    DatastoreException,
-    OutputNotUniqueError,
-    PipelineValidationError,
-    PublishedPipelineDisabledError,
-    StepFailedError,
-    UserErrorException,
-    WorkspaceException,
-)
-from prefect_aml.pipeline import (
-    CommandStep,
-    DataPath,
-    DataPathComputeBinding,
-    DataReference,
-    OutputFileDatasetConfig,
-    OutputTabularDatasetConfig,
-    Pipeline,
-    PipelineData,
-    PipelineParameter,
-    PythonScriptStep,
-    StepSequence,
-    port,
-)
-from prefect_aml.runs import Experiment, PipelineRun, Run, StepRun
-from prefect_aml.workspace import Workspace
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 VERSION = __version__
 
-__all__ = [
-    "DEFAULT_CPU_IMAGE", "DEFAULT_GPU_IMAGE", "VERSION", "ActivityFailedException", "AmlCompute",
-    "AzureBlobDatastore", "ComputeTarget", "CondaDependencies", "DaskCompute", "DockerCompute", "Environment",
-    "EnvironmentException", "RunConfiguration", "AzureDataLakeGen2Datastore", "AzureMLException",
-    "CircularDependencyError", "CommandStep", "ComputeTargetException", "DataPath", "DataPathComputeBinding",
-    "DataReference", "Dataset", "DatasetChangedError", "Datastore", "DatastoreException", "Experiment",
-    "FileDataset", "LocalDatastore", "MountContext", "OutputFileDatasetConfig", "OutputNotUniqueError",
-    "OutputTabularDatasetConfig", "Pipeline", "PipelineData", "PipelineParameter", "PipelineRun",
-    "PipelineValidationError", "PythonScriptStep", "Run", "S3Datastore", "StepFailedError", "StepRun",
-    "StepSequence", "TabularDataset", "UserErrorException", "Workspace", "WorkspaceException",
-    "PipelineEndpoint", "PipelineVersion", "PublishedPipeline", "PublishedPipelineDisabledError", "Schedule",
-    "ScheduleException", "ScheduleRecurrence",
-]
+# every public name and the module it lives in: imported when first used (PEP 562), so that a step's
+# process, an engine or a script that needs one name does not load Prefect's whole client side
+_PUBLIC: dict[str, str] = {name: module for module, names in {
+    "prefect_aml.blocks.datastores": ("AzureBlobDatastore", "AzureDataLakeGen2Datastore", "LocalDatastore",
+        "S3Datastore"),
+    "prefect_aml.compute": ("AmlCompute", "ComputeTarget", "DaskCompute", "DockerCompute"),
+    "prefect_aml.dataset": ("Dataset", "FileDataset", "MountContext", "TabularDataset"),
+    "prefect_aml.datastore": ("Datastore",),
+    "prefect_aml.deployments.endpoint": ("PipelineEndpoint", "PipelineVersion"),
+    "prefect_aml.deployments.published": ("PublishedPipeline",),
+    "prefect_aml.deployments.schedule": ("Schedule", "ScheduleException", "ScheduleRecurrence"),
+    "prefect_aml.environment": ("CondaDependencies", "DEFAULT_CPU_IMAGE", "DEFAULT_GPU_IMAGE",
+        "Environment", "EnvironmentException", "RunConfiguration"),
+    "prefect_aml.exceptions": ("ActivityFailedException", "AzureMLException", "CircularDependencyError",
+        "ComputeTargetException", "DatasetChangedError", "DatastoreException", "OutputNotUniqueError",
+        "PipelineValidationError", "PublishedPipelineDisabledError", "StepFailedError",
+        "UserErrorException", "WorkspaceException"),
+    "prefect_aml.pipeline": ("CommandStep", "DataPath", "DataPathComputeBinding", "DataReference",
+        "OutputFileDatasetConfig", "OutputTabularDatasetConfig", "Pipeline", "PipelineData",
+        "PipelineParameter", "PythonScriptStep", "StepSequence"),
+    "prefect_aml.runs": ("Experiment", "PipelineRun", "Run", "StepRun"),
+    "prefect_aml.workspace": ("Workspace",),
+}.items() for name in names
+}
+__all__ = ["VERSION", *_PUBLIC]
 
-_tls.share()  # Prefect's API clients share one TLS context per CA bundle (see _tls)
-port.install("prefect_aml.verbs")  # Pipeline.submit/publish/explain_reuse: the Prefect side, loaded on first use
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prefect_aml' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

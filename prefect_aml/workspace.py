@@ -14,6 +14,7 @@ context), so the process's environment is never rewritten.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -28,7 +29,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, get_current_settings
 from prefect.variables import Variable
 
-from prefect_aml import _embedded
+from prefect_aml import _embedded, _tls
 from prefect_aml._home import aml_home
 from prefect_aml.compute import list_compute_targets
 from prefect_aml.datastore import Datastore, ensure_builtin_datastores, list_datastores
@@ -41,8 +42,10 @@ _CONFIG_KEYS = ("subscription_id", "resource_group", "workspace_name", "location
 _HEALTHY_FOR_S = 30.0  # an embedded server seen answering is not asked again for this long
 _healthy: dict[str, float] = {}
 _settings: dict[tuple[int, str], Any] = {}  # (global settings, API URL) -> Prefect settings for that API
-# collections of objects that live above this module (datasets, experiments): each registers its own
+# collections of objects that live above this module: each module registers its own, and is imported
+# (by name: it sits above) when its collection is first asked for
 _COLLECTIONS: dict[str, Callable[[Workspace], dict[str, Any]]] = {}
+_COLLECTION_MODULES = {"datasets": "prefect_aml.dataset", "experiments": "prefect_aml.runs"}
 
 
 def collection(name: str):
@@ -218,11 +221,16 @@ class Workspace:
 
     @property
     def datasets(self) -> dict[str, Any]:
-        return _COLLECTIONS["datasets"](self)
+        return self._collection("datasets")
 
     @property
     def experiments(self) -> dict[str, Any]:
-        return _COLLECTIONS["experiments"](self)
+        return self._collection("experiments")
+
+    def _collection(self, name: str) -> dict[str, Any]:
+        if name not in _COLLECTIONS:
+            importlib.import_module(_COLLECTION_MODULES[name])
+        return _COLLECTIONS[name](self)
 
 
 def _find_config(start: Path, file_name: str) -> Path | None:
@@ -234,3 +242,6 @@ def _find_config(start: Path, file_name: str) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
+
+
+_tls.share()  # the Prefect API clients this process makes share one TLS context per CA bundle (see _tls)

@@ -1,9 +1,9 @@
 """The port through which graph objects reach the Prefect side: `Pipeline.submit`, `publish`, `explain_reuse`.
 
 The graph layer describes what to run and never imports Prefect; the verbs that need a Prefect API
-keep their Azure ML shape by calling the implementation installed here once, by module name (Azure
-ML v1 registered how `Experiment.submit` runs a pipeline the same way). `prefect_aml` installs
-`prefect_aml.verbs`; the module is imported on first use, so `import prefect_aml` stays light.
+keep their Azure ML shape by calling the implementation named here, by module name (Azure ML v1
+registered how `Experiment.submit` runs a pipeline the same way). It is `prefect_aml.verbs` unless
+`install()` names another; the module is imported on first use, so `import prefect_aml` stays light.
 
     from prefect_aml.pipeline import port
     port.install("prefect_aml.verbs")
@@ -31,7 +31,7 @@ class Verbs(Protocol):
     def explain_reuse(self, pipeline: Any, pipeline_parameters: dict | None, regenerate_outputs: bool) -> dict: ...
 
 
-_installed: str | ModuleType | None = None
+_installed: str | ModuleType | None = "prefect_aml.verbs"  # the Prefect side (a name: not an import)
 
 
 def install(implementation: str | ModuleType) -> None:
